@@ -1,0 +1,60 @@
+//! Firewall backends: turn one [`FwAction`] into a change of the kernel's ruleset.
+//!
+//! Owns all firewall syntax (ipfw rule text, pf rule text, nftables set elements). Decides
+//! nothing: every action arrives already checked by the core's `policy` and `holes`, and
+//! (in the privileged helper) checked again by `privsep`. Each backend touches only what it
+//! owns — rules numbered in its range and tagged with its comment, anchors under its anchor,
+//! elements of its sets (DESIGN.md invariant 6).
+//!
+//! Rule builders are pure functions without a `cfg` gate so they are golden-tested on every
+//! platform; only the step that talks to the kernel or execs a tool is platform-gated.
+
+use ftp6proxy_core::FwAction;
+
+/// Why a firewall operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Occurs when the firewall is not set up the way the daemon needs (a missing set, a
+    /// sysctl with the wrong value, a foreign rule in our range). The text says how to fix it.
+    #[error("{0}")]
+    Setup(String),
+    /// Occurs when the kernel or the firewall tool refused a change.
+    #[error("{what}: {detail}")]
+    Refused {
+        /// The operation, e.g. `add element 2001:db8::10 . 2001:db8::21 . 50123`.
+        what: String,
+        /// The kernel's or tool's answer.
+        detail: String,
+    },
+    /// Occurs when talking to the kernel or running the tool failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A firewall backend. Calls are synchronous; the daemon runs them in the privileged helper
+/// so they never stall the packet loop.
+pub trait Firewall {
+    /// Checks that the firewall is ready for us (sets, sysctls, permissions).
+    ///
+    /// # Errors
+    /// [`Error::Setup`] with instructions when it is not.
+    fn check(&mut self) -> Result<(), Error>;
+
+    /// Removes every hole a previous run may have left; returns how many were removed.
+    ///
+    /// # Errors
+    /// When the firewall refuses, or when something we do not own sits in our range.
+    fn flush_owned(&mut self) -> Result<usize, Error>;
+
+    /// Applies one action. Opening a slot that already holds a hole replaces it.
+    ///
+    /// # Errors
+    /// When the firewall refuses the change.
+    fn apply(&mut self, action: &FwAction) -> Result<(), Error>;
+}
