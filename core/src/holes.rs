@@ -185,7 +185,10 @@ impl HoleTable {
     /// # Panics
     /// If `base + count - 1` exceeds 65535 or `count` is 0: the command line refuses both.
     pub fn new(base: u16, count: u16, ttl: Duration) -> HoleTable {
-        assert!(count > 0, "hole table needs at least one slot (cli checks -c)");
+        assert!(
+            count > 0,
+            "hole table needs at least one slot (cli checks -c)"
+        );
         assert!(
             u32::from(base) + u32::from(count) - 1 <= u32::from(u16::MAX),
             "slot range must fit in 16 bits (cli checks -b/-c)"
@@ -235,7 +238,9 @@ impl HoleTable {
     pub fn open(&mut self, now: Instant, spec: HoleSpec, conn: ConnId) -> Opened {
         let deadline = now + self.ttl;
         if let Some(&index) = self.by_spec.get(&spec) {
-            let hole = self.slots[index].as_mut().expect("by_spec points at a used slot");
+            let hole = self.slots[index]
+                .as_mut()
+                .expect("by_spec points at a used slot");
             self.deadlines.remove(&(hole.deadline, index));
             hole.deadline = deadline;
             self.deadlines.insert((deadline, index));
@@ -332,7 +337,9 @@ impl HoleTable {
 
     /// The hole in `slot`, if any.
     pub fn get(&self, slot: Slot) -> Option<&HoleSpec> {
-        self.slots[self.index(slot)?].as_ref().map(|hole| &hole.spec)
+        self.slots[self.index(slot)?]
+            .as_ref()
+            .map(|hole| &hole.spec)
     }
 }
 
@@ -381,8 +388,14 @@ mod tests {
     fn exhaustion_is_reported_and_takes_no_slot() {
         let mut table = HoleTable::new(100, 2, Duration::from_secs(2));
         let now = t0();
-        assert!(matches!(table.open(now, spec(2000), ConnId(1)), Opened::New(..)));
-        assert!(matches!(table.open(now, spec(2001), ConnId(1)), Opened::New(..)));
+        assert!(matches!(
+            table.open(now, spec(2000), ConnId(1)),
+            Opened::New(..)
+        ));
+        assert!(matches!(
+            table.open(now, spec(2001), ConnId(1)),
+            Opened::New(..)
+        ));
         assert_eq!(table.open(now, spec(2002), ConnId(1)), Opened::Full);
         assert_eq!(table.len(), 2);
     }
@@ -438,9 +451,14 @@ mod tests {
         assert!(table.forget(Slot(99)).is_none());
         assert!(table.forget(Slot(101)).is_none());
         let mut actions = Vec::new();
-        assert!(table.expire(now + Duration::from_secs(5), &mut actions).is_empty());
+        assert!(table
+            .expire(now + Duration::from_secs(5), &mut actions)
+            .is_empty());
         assert!(actions.is_empty());
-        assert!(matches!(table.open(now, spec(3001), ConnId(1)), Opened::New(Slot(100), _)));
+        assert!(matches!(
+            table.open(now, spec(3001), ConnId(1)),
+            Opened::New(Slot(100), _)
+        ));
     }
 
     #[test]
@@ -449,7 +467,10 @@ mod tests {
         let now = t0();
         table.open(now, spec(3000), ConnId(1));
         table.forget(Slot(10));
-        assert!(matches!(table.open(now, spec(3001), ConnId(1)), Opened::New(Slot(11), _)));
+        assert!(matches!(
+            table.open(now, spec(3001), ConnId(1)),
+            Opened::New(Slot(11), _)
+        ));
     }
 
     /// Invariant 6: all holes are removed at shutdown.

@@ -1,0 +1,401 @@
+//! Per-direction line assembly from the TCP byte stream (DESIGN.md invariant 5).
+//!
+//! Owns: the next expected sequence number of one direction, the partial line, and a small
+//! bounded buffer of segments that arrived ahead of a gap. Cuts lines at `\n` (a `\r` before
+//! it is dropped) from the reassembled stream, so retransmissions, overlaps, reordering and
+//! commands split over several segments all yield the same lines, and a segment boundary is
+//! never mistaken for a line start (the NAT Slipstreaming lesson, see research/ftp-alg-peers.md).
+//! Knows nothing of FTP.
+//!
+//! Overlapping data is resolved first-come: bytes already consumed are never read again, so
+//! a retransmission that differs from the original cannot change a line after the fact.
+
+/// Longest line kept, in bytes. RFC 959 sets no limit, but every announcement is far
+/// shorter; a longer line is still tracked (its head is kept for the reply code) but flagged
+/// truncated, and the engine never opens a hole from it.
+pub const MAX_LINE: usize = 1024;
+
+/// Bytes of out-of-order data kept per direction. A control channel carries a few lines per
+/// round trip, so a gap is filled long before this fills up; if it does (packets bypassed
+/// the daemon, or hostile traffic), the assembler gives up on the gap and resynchronises.
+pub const MAX_REORDER_BYTES: usize = 4096;
+
+/// Out-of-order segments kept per direction.
+pub const MAX_REORDER_SEGMENTS: usize = 8;
+
+/// A segment further ahead of the expected sequence number than this is not kept: no sane
+/// control channel has that much data in flight.
+pub const REORDER_WINDOW: u32 = 64 * 1024;
+
+/// One complete line, without its line end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line<'a> {
+    /// The line's bytes, at most [`MAX_LINE`] of them.
+    pub bytes: &'a [u8],
+    /// The line was longer than [`MAX_LINE`]; `bytes` is its head.
+    pub truncated: bool,
+    /// Sequence number just past the line's `\n`.
+    pub end_seq: u32,
+}
+
+/// What one segment did to the stream, besides the lines it completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fed {
+    /// How many leading bytes of the segment had been seen before (a retransmission).
+    pub old_bytes: usize,
+    /// The segment was ahead of a gap and kept for later.
+    pub stashed: bool,
+    /// The segment was dropped (too far ahead).
+    pub dropped: bool,
+    /// The assembler gave up on a gap and started over at the next line end.
+    pub resynced: bool,
+}
+
+/// Reassembles one direction of a TCP connection into lines.
+#[derive(Debug, Default)]
+pub struct LineAssembler {
+    /// Initial sequence number from the SYN, if seen.
+    isn: Option<u32>,
+    /// Sequence number of the next byte we expect; `None` until the first segment.
+    next_seq: Option<u32>,
+    /// `false` while skipping to the next line end (stream joined mid-line).
+    synced: bool,
+    line: Vec<u8>,
+    truncated: bool,
+    /// Segments ahead of `next_seq`: (first sequence number, bytes).
+    reorder: Vec<(u32, Vec<u8>)>,
+    reorder_bytes: usize,
+}
+
+/// Signed distance from `b` to `a` in sequence space (RFC 9293 §3.4 modular arithmetic).
+fn seq_diff(a: u32, b: u32) -> i64 {
+    // Reinterpreting the wrapped difference as i32 is the modular comparison itself.
+    i64::from(a.wrapping_sub(b) as i32)
+}
+
+impl LineAssembler {
+    /// A fresh assembler that has seen nothing.
+    pub fn new() -> LineAssembler {
+        LineAssembler::default()
+    }
+
+    /// The sender's SYN with initial sequence number `isn`: the stream starts at `isn + 1`,
+    /// on a line boundary. A repeated SYN with the same number changes nothing.
+    pub fn syn(&mut self, isn: u32) {
+        if self.isn == Some(isn) {
+            return;
+        }
+        *self = LineAssembler {
+            isn: Some(isn),
+            next_seq: Some(isn.wrapping_add(1)),
+            synced: true,
+            ..LineAssembler::default()
+        };
+    }
+
+    /// Whether the stream start was seen (`false` after joining mid-stream).
+    pub fn is_started(&self) -> bool {
+        self.next_seq.is_some()
+    }
+
+    /// Feeds one segment's payload starting at sequence number `seq`; calls `on_line` for
+    /// every line it completes, in stream order.
+    pub fn feed(&mut self, seq: u32, payload: &[u8], mut on_line: impl FnMut(Line<'_>)) -> Fed {
+        let mut fed = Fed::default();
+        if payload.is_empty() {
+            return fed;
+        }
+        let next = match self.next_seq {
+            Some(next) => next,
+            None => {
+                // Joined mid-stream: whatever precedes the first line end is a fragment
+                // of a line we cannot know the start of.
+                self.next_seq = Some(seq);
+                self.synced = false;
+                seq
+            }
+        };
+        let offset = seq_diff(seq, next);
+        if offset > 0 {
+            fed.dropped = !self.stash(seq, payload, offset);
+            fed.stashed = !fed.dropped;
+            if self.reorder.len() > MAX_REORDER_SEGMENTS || self.reorder_bytes > MAX_REORDER_BYTES {
+                self.resync_at_first_stashed();
+                fed.resynced = true;
+                self.drain_reorder(&mut on_line);
+            }
+            return fed;
+        }
+        let old = usize::try_from(-offset).unwrap_or(usize::MAX);
+        fed.old_bytes = old.min(payload.len());
+        if let Some(new) = payload.get(old..).filter(|new| !new.is_empty()) {
+            self.consume(new, &mut on_line);
+            self.drain_reorder(&mut on_line);
+        }
+        fed
+    }
+
+    /// Keeps a segment that lies `offset` bytes ahead; `false` if it was not kept.
+    fn stash(&mut self, seq: u32, payload: &[u8], offset: i64) -> bool {
+        if offset > i64::from(REORDER_WINDOW) {
+            return false;
+        }
+        if self
+            .reorder
+            .iter()
+            .any(|(s, b)| *s == seq && b.len() >= payload.len())
+        {
+            return true; // a retransmission of something already kept
+        }
+        self.reorder_bytes += payload.len();
+        self.reorder.push((seq, payload.to_vec()));
+        true
+    }
+
+    /// Gives up on the gap: the stream goes on at the earliest kept segment, and the line
+    /// in progress (whose middle is missing) is discarded up to the next line end.
+    fn resync_at_first_stashed(&mut self) {
+        let Some(next) = self.next_seq else { return };
+        if let Some(&(first, _)) = self.reorder.iter().min_by_key(|(s, _)| seq_diff(*s, next)) {
+            self.next_seq = Some(first);
+            self.synced = false;
+            self.line.clear();
+            self.truncated = false;
+        }
+    }
+
+    /// Consumes every kept segment that the stream has now reached.
+    fn drain_reorder(&mut self, on_line: &mut impl FnMut(Line<'_>)) {
+        loop {
+            let Some(next) = self.next_seq else { return };
+            let Some(index) = self
+                .reorder
+                .iter()
+                .position(|(seq, _)| seq_diff(*seq, next) <= 0)
+            else {
+                return;
+            };
+            let (seq, bytes) = self.reorder.swap_remove(index);
+            self.reorder_bytes -= bytes.len();
+            let old = usize::try_from(seq_diff(next, seq)).unwrap_or(usize::MAX);
+            if let Some(new) = bytes.get(old..).filter(|new| !new.is_empty()) {
+                self.consume(new, on_line);
+            }
+        }
+    }
+
+    /// Appends in-order bytes to the stream.
+    fn consume(&mut self, mut bytes: &[u8], on_line: &mut impl FnMut(Line<'_>)) {
+        while !bytes.is_empty() {
+            let newline = bytes.iter().position(|&b| b == b'\n');
+            let (chunk, rest) = match newline {
+                Some(i) => bytes.split_at(i + 1),
+                None => (bytes, &[][..]),
+            };
+            self.advance(chunk.len());
+            if !self.synced {
+                self.synced = newline.is_some();
+            } else {
+                let body = if newline.is_some() {
+                    &chunk[..chunk.len() - 1]
+                } else {
+                    chunk
+                };
+                let room = MAX_LINE - self.line.len();
+                if body.len() > room {
+                    self.truncated = true;
+                }
+                self.line.extend_from_slice(&body[..body.len().min(room)]);
+                if newline.is_some() {
+                    self.emit(on_line);
+                }
+            }
+            bytes = rest;
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        if let Some(next) = self.next_seq.as_mut() {
+            // A segment is never longer than 64 KiB, so n fits in u32.
+            *next = next.wrapping_add(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn emit(&mut self, on_line: &mut impl FnMut(Line<'_>)) {
+        let mut end = self.line.len();
+        if !self.truncated && self.line.last() == Some(&b'\r') {
+            end -= 1;
+        }
+        on_line(Line {
+            bytes: &self.line[..end],
+            truncated: self.truncated,
+            end_seq: self.next_seq.unwrap_or(0),
+        });
+        self.line.clear();
+        self.truncated = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(assembler: &mut LineAssembler, segments: &[(u32, &[u8])]) -> Vec<String> {
+        let mut out = Vec::new();
+        for &(seq, payload) in segments {
+            assembler.feed(seq, payload, |line| {
+                let mut text = String::from_utf8_lossy(line.bytes).into_owned();
+                if line.truncated {
+                    text.push_str("<truncated>");
+                }
+                out.push(text);
+            });
+        }
+        out
+    }
+
+    fn started(isn: u32) -> LineAssembler {
+        let mut a = LineAssembler::new();
+        a.syn(isn);
+        a
+    }
+
+    #[test]
+    fn in_order_lines_with_crlf_and_bare_lf() {
+        let mut a = started(99);
+        let lines = lines_of(
+            &mut a,
+            &[(100, b"USER anonymous\r\nPASS x\nPA"), (125, b"SV\r\n")],
+        );
+        assert_eq!(lines, ["USER anonymous", "PASS x", "PASV"]);
+    }
+
+    #[test]
+    fn command_split_over_three_segments_yields_one_line() {
+        let mut a = started(0);
+        let lines = lines_of(
+            &mut a,
+            &[
+                (1, b"EPRT |2|2001:d"),
+                (15, b"b8::10|5"),
+                (23, b"0000|\r\n"),
+            ],
+        );
+        assert_eq!(lines, ["EPRT |2|2001:db8::10|50000|"]);
+    }
+
+    #[test]
+    fn retransmission_is_not_read_twice() {
+        let mut a = started(0);
+        let mut fed = Fed::default();
+        let mut count = 0;
+        for (seq, payload) in [(1u32, &b"PASV\r\n"[..]), (1, b"PASV\r\n")] {
+            fed = a.feed(seq, payload, |_| count += 1);
+        }
+        assert_eq!(count, 1);
+        assert_eq!(fed.old_bytes, 6);
+    }
+
+    #[test]
+    fn overlapping_retransmission_contributes_only_new_bytes() {
+        let mut a = started(0);
+        let lines = lines_of(&mut a, &[(1, b"PA"), (1, b"PASV\r\nLIST\r\n")]);
+        assert_eq!(lines, ["PASV", "LIST"]);
+    }
+
+    #[test]
+    fn first_bytes_win_over_a_differing_retransmission() {
+        let mut a = started(0);
+        let lines = lines_of(&mut a, &[(1, b"NOOP"), (1, b"PORT\r\n")]);
+        assert_eq!(lines, ["NOOP"]);
+    }
+
+    #[test]
+    fn out_of_order_segments_are_reordered() {
+        let mut a = started(0);
+        let lines = lines_of(&mut a, &[(7, b"LIST\r\n"), (1, b"PASV\r\n")]);
+        assert_eq!(lines, ["PASV", "LIST"]);
+    }
+
+    #[test]
+    fn stashed_segment_overlapping_the_stream_is_trimmed() {
+        let mut a = started(0);
+        let lines = lines_of(&mut a, &[(4, b"V\r\nNOOP\r\n"), (1, b"PASV\r\n")]);
+        assert_eq!(lines, ["PASV", "NOOP"]);
+    }
+
+    #[test]
+    fn midstream_join_resynchronises_at_next_line_end() {
+        let mut a = LineAssembler::new();
+        let lines = lines_of(
+            &mut a,
+            &[(5000, b"ering Passive Mode (1,2,3,4,5,6)\r\n227 x\r\n")],
+        );
+        assert_eq!(lines, ["227 x"]);
+        assert!(a.is_started());
+    }
+
+    #[test]
+    fn overlong_line_is_flagged_and_the_next_line_is_clean() {
+        let mut a = started(0);
+        let mut long = vec![b'A'; MAX_LINE + 10];
+        long.extend_from_slice(b"\r\nPASV\r\n");
+        let mut seen = Vec::new();
+        a.feed(1, &long, |line| {
+            seen.push((line.bytes.len(), line.truncated))
+        });
+        assert_eq!(seen, [(MAX_LINE, true), (4, false)]);
+    }
+
+    #[test]
+    fn far_future_segment_is_dropped() {
+        let mut a = started(0);
+        let fed = a.feed(1 + REORDER_WINDOW + 1, b"PASV\r\n", |_| panic!("no line"));
+        assert!(fed.dropped);
+    }
+
+    #[test]
+    fn permanent_gap_resynchronises_when_the_buffer_fills() {
+        let mut a = started(0);
+        // Bytes 1..=10 never arrive (they bypassed the daemon).
+        let mut seq = 11;
+        let mut lines = Vec::new();
+        let mut resynced = false;
+        for _ in 0..=MAX_REORDER_SEGMENTS {
+            let fed = a.feed(seq, b"NOOP\r\n", |l| lines.push(l.bytes.to_vec()));
+            resynced |= fed.resynced;
+            seq += 6;
+        }
+        assert!(resynced);
+        // The first kept segment starts on a line we cannot trust; later ones are lines.
+        assert!(!lines.is_empty());
+        assert!(lines.iter().all(|l| l == b"NOOP"));
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let mut a = started(u32::MAX - 2);
+        let lines = lines_of(&mut a, &[(u32::MAX - 1, b"PA"), (0, b"SV\r\n")]);
+        assert_eq!(lines, ["PASV"]);
+    }
+
+    #[test]
+    fn end_seq_points_past_the_newline() {
+        let mut a = started(0);
+        let mut ends = Vec::new();
+        a.feed(1, b"A\r\nBB\r\n", |l| ends.push(l.end_seq));
+        assert_eq!(ends, [4, 8]);
+    }
+
+    #[test]
+    fn repeated_syn_keeps_state_new_isn_resets() {
+        let mut a = started(0);
+        a.feed(1, b"PA", |_| {});
+        a.syn(0);
+        let lines = lines_of(&mut a, &[(3, b"SV\r\n")]);
+        assert_eq!(lines, ["PASV"]);
+        a.syn(1000);
+        let lines = lines_of(&mut a, &[(1001, b"LIST\r\n")]);
+        assert_eq!(lines, ["LIST"]);
+    }
+}
