@@ -1,11 +1,789 @@
-//! placeholder
-/// placeholder
-pub struct Engine;
-/// placeholder
-pub struct Config;
-/// placeholder
-pub struct Counters;
-/// placeholder
-pub struct Event;
-/// placeholder
-pub struct Outcome;
+//! The engine: the only type the daemon calls. Ties `wire`, `tracker`, `ftp`, `policy` and
+//! `holes` together.
+//!
+//! It performs no I/O and reads no clock: every input carries `now` (monotonic), every
+//! output is a value. Methods fall into four groups, as in quinn-proto:
+//!
+//! - inputs: [`Engine::on_packet`] for each intercepted packet, [`Engine::hole_result`] when
+//!   the firewall confirmed or refused an action, [`Engine::tick`] when the timer fires;
+//! - commands: [`Engine::shutdown`];
+//! - outputs the caller must act on: the [`Outcome`] of `on_packet` (firewall actions to apply
+//!   **before** the packet is passed on), the actions `tick` and `shutdown` return, and
+//!   [`Engine::poll_event`] (log lines) until it returns `None`;
+//! - getters: [`Engine::poll_timeout`] (when to call `tick` next), [`Engine::counters`],
+//!   [`Engine::status`].
+//!
+//! The packet itself is never changed and is always passed on (DESIGN.md invariant 1): no
+//! error here stops a packet, it becomes a counter and maybe a log event.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::ftp::ParseError;
+use crate::holes::{FwAction, HoleSpec, HoleTable, Opened, Slot};
+use crate::limiter::{Admit, RateLimiter};
+use crate::policy::{self, Deny};
+use crate::tracker::{ConnTable, Dir, EndReason, LineMeaning, MAX_LINE};
+use crate::wire;
+use crate::ConnId;
+
+/// How long a control connection may stay silent before it is forgotten. Long, because the
+/// control channel is idle for the whole of a big transfer; memory stays bounded by
+/// [`Config::max_connections`] anyway.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// How often idle connections are looked for.
+const REAP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Log lines per reason and window for events a peer can trigger.
+const LOG_BURST: u32 = 5;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Longest piece of untrusted text put into a log line.
+const LOG_TEXT_MAX: usize = 80;
+
+/// Engine settings, from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// TCP ports of FTP servers (`--ftp-ports`); the side using one is the server.
+    pub ftp_ports: Vec<u16>,
+    /// First slot (`-b`).
+    pub base: u16,
+    /// Number of slots (`-c`).
+    pub count: u16,
+    /// Hole lifetime (`-t`).
+    pub ttl: Duration,
+    /// Most control connections tracked at once.
+    pub max_connections: usize,
+    /// Forget a control connection after this long without a packet.
+    pub idle_timeout: Duration,
+    /// Emit a debug event for every FTP line (`-d -d`).
+    pub log_lines: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            ftp_ports: vec![21],
+            base: 64000,
+            count: 100,
+            ttl: Duration::from_secs(2),
+            max_connections: 4096,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            log_lines: false,
+        }
+    }
+}
+
+/// Whether the packet's TCP checksum can be trusted to be filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// Verify it; a segment with a wrong checksum is ignored (the receiver will drop it
+    /// too, so reading it would put us out of step with the receiver).
+    Verify,
+    /// The kernel has not computed it yet (checksum offload on a locally sent packet).
+    NotReady,
+}
+
+/// What the caller must do with the packet it passed to [`Engine::on_packet`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Firewall actions to apply, in order, before the packet is passed on. If any of them
+    /// [`FwAction::needs_confirmation`], the packet waits for the firewall's answer.
+    pub actions: Vec<FwAction>,
+}
+
+impl Outcome {
+    /// Whether the packet must wait for the firewall before it is passed on.
+    pub fn must_wait(&self) -> bool {
+        self.actions.iter().any(FwAction::needs_confirmation)
+    }
+}
+
+/// Counters, for the status line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets seen.
+    pub packets: u64,
+    /// Packets that were not a parseable TCP segment (passed on unread).
+    pub unparsed: u64,
+    /// Of those, IP fragments.
+    pub fragments: u64,
+    /// TCP segments not to or from an FTP port.
+    pub not_ftp: u64,
+    /// Segments with data and a wrong checksum (ignored).
+    pub bad_checksum: u64,
+    /// Control connections seen.
+    pub connections: u64,
+    /// Control connections dropped from a full table.
+    pub evicted: u64,
+    /// FTP lines read.
+    pub lines: u64,
+    /// Lines longer than the limit.
+    pub overlong_lines: u64,
+    /// Out-of-order segments dropped, and gaps given up on.
+    pub reorder_drops: u64,
+    /// Announcement lines that failed to parse.
+    pub malformed: u64,
+    /// Holes requested.
+    pub holes_opened: u64,
+    /// Holes re-armed by a retransmitted announcement.
+    pub holes_rearmed: u64,
+    /// Holes closed.
+    pub holes_closed: u64,
+    /// Holes the firewall refused.
+    pub holes_failed: u64,
+    /// Announcements denied, by [`Deny::REASONS`] index.
+    pub denied: [u64; 8],
+    /// Control connections that switched to TLS.
+    pub tls: u64,
+}
+
+impl Counters {
+    /// Denials with `reason` (a [`Deny::reason`] name).
+    pub fn denied(&self, reason: &str) -> u64 {
+        Deny::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.denied[i])
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "packets={} unparsed={} not_ftp={} bad_checksum={} lines={} overlong={} \
+             malformed={} opened={} rearmed={} closed={} failed={} tls={}",
+            self.packets,
+            self.unparsed,
+            self.not_ftp,
+            self.bad_checksum,
+            self.lines,
+            self.overlong_lines,
+            self.malformed,
+            self.holes_opened,
+            self.holes_rearmed,
+            self.holes_closed,
+            self.holes_failed,
+            self.tls
+        )?;
+        for (reason, count) in Deny::REASONS.iter().zip(self.denied) {
+            write!(f, " denied_{reason}={count}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Severity of an [`Event`], mapped onto the daemon's logger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// A firewall failure.
+    Error,
+    /// A security denial.
+    Warn,
+    /// Holes and connections coming and going.
+    Info,
+    /// Every FTP line.
+    Debug,
+}
+
+/// Something worth a log line. `Display` gives the line: connection id first, then
+/// `key=value` pairs in a fixed order; untrusted text is escaped and cut short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A control connection is tracked from now on.
+    ConnStart {
+        /// Its id.
+        conn: ConnId,
+        /// Client end.
+        client: SocketAddr,
+        /// Server end.
+        server: SocketAddr,
+        /// First seen mid-stream (lines resume at the next line end).
+        midstream: bool,
+    },
+    /// A control connection is no longer tracked.
+    ConnEnd {
+        /// Its id.
+        conn: ConnId,
+        /// Why.
+        reason: EndReason,
+    },
+    /// One FTP line (only with [`Config::log_lines`]).
+    Line {
+        /// Connection.
+        conn: ConnId,
+        /// Who sent it.
+        dir: Dir,
+        /// The escaped, shortened line.
+        text: String,
+    },
+    /// The firewall confirmed a hole.
+    HoleOpen {
+        /// Connection that announced it.
+        conn: ConnId,
+        /// Slot.
+        slot: Slot,
+        /// The hole.
+        spec: HoleSpec,
+        /// Its lifetime.
+        ttl: Duration,
+    },
+    /// A retransmitted announcement re-armed its hole.
+    HoleRearm {
+        /// Connection.
+        conn: ConnId,
+        /// Slot.
+        slot: Slot,
+        /// The hole.
+        spec: HoleSpec,
+    },
+    /// A hole reached its deadline or the daemon is stopping.
+    HoleClose {
+        /// Connection that announced it.
+        conn: ConnId,
+        /// Slot.
+        slot: Slot,
+        /// The hole.
+        spec: HoleSpec,
+    },
+    /// The firewall refused to install a hole; the packet was passed on anyway.
+    HoleFailed {
+        /// Connection that announced it.
+        conn: ConnId,
+        /// Slot.
+        slot: Slot,
+        /// The hole.
+        spec: HoleSpec,
+    },
+    /// An announcement opened no hole.
+    Denied {
+        /// Connection.
+        conn: ConnId,
+        /// The verb or reply code that announced it.
+        what: &'static str,
+        /// Why.
+        deny: Deny,
+    },
+    /// An announcement could not be parsed.
+    Malformed {
+        /// Connection.
+        conn: ConnId,
+        /// The verb or reply code.
+        what: &'static str,
+        /// What was wrong.
+        error: ParseError,
+        /// The escaped, shortened line.
+        text: String,
+    },
+    /// The server accepted `AUTH`: this connection is encrypted from now on (invariant 8).
+    TlsStarted {
+        /// Connection.
+        conn: ConnId,
+    },
+    /// Events of one reason were held back by the log limiter.
+    Suppressed {
+        /// The reason.
+        reason: &'static str,
+        /// How many.
+        count: u64,
+    },
+}
+
+impl Event {
+    /// How severe it is.
+    pub fn level(&self) -> Level {
+        match self {
+            Event::HoleFailed { .. } => Level::Error,
+            Event::Denied { .. } | Event::Malformed { .. } | Event::Suppressed { .. } => {
+                Level::Warn
+            }
+            Event::HoleOpen { .. }
+            | Event::HoleRearm { .. }
+            | Event::HoleClose { .. }
+            | Event::TlsStarted { .. } => Level::Info,
+            Event::ConnStart { .. } | Event::ConnEnd { .. } | Event::Line { .. } => Level::Debug,
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::ConnStart {
+                conn,
+                client,
+                server,
+                midstream,
+            } => write!(
+                f,
+                "{conn} connection client={client} server={server}{}",
+                if *midstream { " midstream" } else { "" }
+            ),
+            Event::ConnEnd { conn, reason } => {
+                write!(f, "{conn} connection end reason={}", reason.name())
+            }
+            Event::Line { conn, dir, text } => write!(f, "{conn} {}: {text}", dir.name()),
+            Event::HoleOpen {
+                conn,
+                slot,
+                spec,
+                ttl,
+            } => write!(
+                f,
+                "{conn} hole open slot={slot} {spec} ttl={}s",
+                ttl.as_secs_f32()
+            ),
+            Event::HoleRearm { conn, slot, spec } => {
+                write!(f, "{conn} hole rearm slot={slot} {spec}")
+            }
+            Event::HoleClose { conn, slot, spec } => {
+                write!(f, "{conn} hole close slot={slot} {spec}")
+            }
+            Event::HoleFailed { conn, slot, spec } => {
+                write!(f, "{conn} hole failed slot={slot} {spec}")
+            }
+            Event::Denied { conn, what, deny } => write!(f, "{conn} deny {deny} cmd={what}"),
+            Event::Malformed {
+                conn,
+                what,
+                error,
+                text,
+            } => write!(
+                f,
+                "{conn} malformed cmd={what} error=\"{error}\" line=\"{text}\""
+            ),
+            Event::TlsStarted { conn } => write!(
+                f,
+                "{conn} tls: the control channel is encrypted from now on; data connections \
+                 of this session cannot be helped (open the server's passive port range instead)"
+            ),
+            Event::Suppressed { reason, count } => {
+                write!(f, "suppressed {count} similar (reason={reason})")
+            }
+        }
+    }
+}
+
+/// One status line (SIGUSR1 / SIGINFO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Control connections tracked.
+    pub connections: usize,
+    /// Holes open.
+    pub holes: usize,
+    /// Slots in all.
+    pub slots: usize,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "status connections={} holes={}/{} {}",
+            self.connections, self.holes, self.slots, self.counters
+        )
+    }
+}
+
+/// Escapes untrusted bytes for a log line and cuts them to [`LOG_TEXT_MAX`] characters.
+fn escape(bytes: &[u8]) -> String {
+    let mut text: String = bytes.escape_ascii().to_string();
+    if text.len() > LOG_TEXT_MAX {
+        let mut cut = LOG_TEXT_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+/// The sans-IO FTP firewall helper.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    conns: ConnTable,
+    holes: HoleTable,
+    counters: Counters,
+    events: VecDeque<Event>,
+    limiter: RateLimiter,
+    next_reap: Option<Instant>,
+}
+
+impl Engine {
+    /// An engine with no connections and no holes.
+    ///
+    /// # Panics
+    /// If `config.count` is 0 or the slot range passes 65535 (the command line refuses both).
+    pub fn new(config: Config) -> Engine {
+        Engine {
+            conns: ConnTable::new(config.max_connections),
+            holes: HoleTable::new(config.base, config.count, config.ttl),
+            counters: Counters::default(),
+            events: VecDeque::new(),
+            limiter: RateLimiter::new(LOG_BURST, LOG_WINDOW),
+            next_reap: None,
+            config,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Number of holes open now.
+    pub fn open_holes(&self) -> usize {
+        self.holes.len()
+    }
+
+    /// Number of control connections tracked now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The status line.
+    pub fn status(&self) -> Status {
+        Status {
+            connections: self.conns.len(),
+            holes: self.holes.len(),
+            slots: self.holes.capacity(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// The next log event, if any. Call until `None` after every input.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Engine::tick`] must be called next, if ever. Changes after every input.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.holes.next_deadline(), self.next_reap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Reads one intercepted packet (starting at the IP header), verifying its checksum.
+    pub fn on_packet(&mut self, now: Instant, packet: &[u8]) -> Outcome {
+        self.on_packet_with(now, packet, Checksum::Verify)
+    }
+
+    /// Reads one intercepted packet. The caller passes it on, unchanged, after applying the
+    /// outcome's actions (and waiting for those that need confirmation).
+    pub fn on_packet_with(&mut self, now: Instant, packet: &[u8], checksum: Checksum) -> Outcome {
+        let mut outcome = Outcome::default();
+        self.counters.packets += 1;
+        let segment = match wire::parse(packet) {
+            Ok(segment) => segment,
+            Err(error) => {
+                self.counters.unparsed += 1;
+                if error == wire::Error::Fragment {
+                    self.counters.fragments += 1;
+                }
+                return outcome;
+            }
+        };
+        let dir = if self.config.ftp_ports.contains(&segment.dst_port) {
+            Dir::ToServer
+        } else if self.config.ftp_ports.contains(&segment.src_port) {
+            Dir::ToClient
+        } else {
+            self.counters.not_ftp += 1;
+            return outcome;
+        };
+        if !segment.payload.is_empty() && checksum == Checksum::Verify && !segment.checksum_valid()
+        {
+            self.counters.bad_checksum += 1;
+            return outcome;
+        }
+        let src = SocketAddr::new(segment.src, segment.src_port);
+        let dst = SocketAddr::new(segment.dst, segment.dst_port);
+        let key = match dir {
+            Dir::ToServer => (src, dst),
+            Dir::ToClient => (dst, src),
+        };
+        let flags = segment.flags;
+        if self.conns.get_mut(&key).is_none() {
+            if flags.rst || (flags.fin && segment.payload.is_empty()) {
+                return outcome;
+            }
+            let midstream = !flags.syn;
+            let (conn, evicted) = self.conns.insert(key, now, midstream);
+            self.counters.connections += 1;
+            if let Some(evicted) = evicted {
+                self.counters.evicted += 1;
+                self.events.push_back(Event::ConnEnd {
+                    conn: evicted.id,
+                    reason: EndReason::Evicted,
+                });
+            }
+            self.events.push_back(Event::ConnStart {
+                conn,
+                client: key.0,
+                server: key.1,
+                midstream,
+            });
+            if self.next_reap.is_none() {
+                self.next_reap = Some(now + REAP_INTERVAL);
+            }
+        }
+        self.read_segment(now, &key, dir, &segment, &mut outcome);
+
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return outcome;
+        };
+        let ended = if flags.rst {
+            Some(EndReason::Reset)
+        } else {
+            if flags.fin {
+                conn.fin[dir.index()] = true;
+            }
+            (conn.fin[0] && conn.fin[1]).then_some(EndReason::Fin)
+        };
+        if let Some(reason) = ended {
+            let id = conn.id;
+            self.conns.remove(&key);
+            self.events.push_back(Event::ConnEnd { conn: id, reason });
+        }
+        outcome
+    }
+
+    /// Feeds one segment into its connection and acts on the lines it completes.
+    fn read_segment(
+        &mut self,
+        now: Instant,
+        key: &(SocketAddr, SocketAddr),
+        dir: Dir,
+        segment: &wire::Segment<'_>,
+        outcome: &mut Outcome,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.last_seen = now;
+        if segment.flags.syn {
+            conn.streams[dir.index()].syn(segment.seq);
+        }
+        if conn.session.is_encrypted() || segment.payload.is_empty() {
+            return;
+        }
+        // With SYN, the data starts one past the initial sequence number.
+        let data_seq = segment.seq.wrapping_add(u32::from(segment.flags.syn));
+        let id = conn.id;
+        let (client, server) = (conn.client.ip(), conn.server.ip());
+        let mut meanings: Vec<(LineMeaning, u32, Option<String>)> = Vec::new();
+        let mut overlong = 0;
+        let log_lines = self.config.log_lines;
+        let session = &mut conn.session;
+        let fed = conn.streams[dir.index()].feed(data_seq, segment.payload, |line| {
+            if line.truncated {
+                overlong += 1;
+            }
+            // Once the channel is encrypted, what follows in this segment is ciphertext.
+            if session.is_encrypted() {
+                return;
+            }
+            let meaning = match dir {
+                Dir::ToServer => session.client_line(line.bytes, line.truncated),
+                Dir::ToClient => session.server_line(line.bytes, line.truncated),
+            };
+            let wanted = log_lines || matches!(meaning, LineMeaning::Malformed { .. });
+            let text = wanted.then(|| escape(line.bytes));
+            meanings.push((meaning, line.end_seq, text));
+        });
+        self.counters.overlong_lines += overlong;
+        if fed.dropped || fed.resynced {
+            self.counters.reorder_drops += 1;
+        }
+        // A retransmission of the segment that carried the last announcement re-arms its
+        // hole: the receiver evidently has not got it yet, and may act on it after the
+        // first hole expired.
+        let rearm = conn.last_hole[dir.index()].filter(|(end_seq, _)| {
+            let last_byte = end_seq.wrapping_sub(1);
+            let into = last_byte.wrapping_sub(data_seq);
+            usize::try_from(into).is_ok_and(|into| into < fed.old_bytes)
+        });
+        if let Some((_, spec)) = rearm {
+            self.open_hole(now, id, None, dir, None, spec, outcome);
+        }
+        for (meaning, end_seq, text) in meanings {
+            self.counters.lines += 1;
+            if let Some(text) = text.clone().filter(|_| log_lines) {
+                self.events.push_back(Event::Line {
+                    conn: id,
+                    dir,
+                    text,
+                });
+            }
+            match meaning {
+                LineMeaning::Nothing => {}
+                LineMeaning::TlsStarted => {
+                    self.counters.tls += 1;
+                    self.events.push_back(Event::TlsStarted { conn: id });
+                }
+                LineMeaning::Malformed { what, error } => {
+                    self.counters.malformed += 1;
+                    if let Admit::Yes { suppressed } = self.limiter.admit(now, "malformed") {
+                        self.push_suppressed("malformed", suppressed);
+                        self.events.push_back(Event::Malformed {
+                            conn: id,
+                            what,
+                            error,
+                            text: text.unwrap_or_default(),
+                        });
+                    }
+                }
+                LineMeaning::Deny(deny) => self.deny(now, id, "line", deny),
+                LineMeaning::Announce(announcement) => {
+                    let what = announcement.source.name();
+                    match policy::check_announcement(&announcement, client, server) {
+                        Ok(spec) => {
+                            self.open_hole(now, id, Some(key), dir, Some(end_seq), spec, outcome)
+                        }
+                        Err(deny) => self.deny(now, id, what, deny),
+                    }
+                }
+            }
+        }
+    }
+
+    fn push_suppressed(&mut self, reason: &'static str, count: u64) {
+        if count > 0 {
+            self.events.push_back(Event::Suppressed { reason, count });
+        }
+    }
+
+    fn deny(&mut self, now: Instant, conn: ConnId, what: &'static str, deny: Deny) {
+        self.counters.denied[deny.index()] += 1;
+        if let Admit::Yes { suppressed } = self.limiter.admit(now, deny.reason()) {
+            self.push_suppressed(deny.reason(), suppressed);
+            self.events.push_back(Event::Denied { conn, what, deny });
+        }
+    }
+
+    /// Asks the hole table for `spec`; `end_seq` is the announcement's line end (`None`
+    /// for a re-arm by retransmission).
+    #[allow(clippy::too_many_arguments)]
+    fn open_hole(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        key: Option<&(SocketAddr, SocketAddr)>,
+        dir: Dir,
+        end_seq: Option<u32>,
+        spec: HoleSpec,
+        outcome: &mut Outcome,
+    ) {
+        match self.holes.open(now, spec, conn) {
+            Opened::New(_, action) => {
+                self.counters.holes_opened += 1;
+                outcome.actions.push(action);
+            }
+            Opened::Rearmed(slot, action) => {
+                self.counters.holes_rearmed += 1;
+                self.events.push_back(Event::HoleRearm { conn, slot, spec });
+                outcome.actions.push(action);
+            }
+            Opened::Full => {
+                self.deny(now, conn, "hole", Deny::TableFull);
+                return;
+            }
+        }
+        if let (Some(end_seq), Some(key)) = (end_seq, key) {
+            if let Some(tracked) = self.conns.get_mut(key) {
+                tracked.last_hole[dir.index()] = Some((end_seq, spec));
+            }
+        }
+    }
+
+    /// The firewall's answer to an action returned earlier. `installed` is `false` when
+    /// the firewall refused it.
+    pub fn hole_result(&mut self, now: Instant, action: &FwAction, installed: bool) {
+        let _ = now;
+        let slot = action.slot();
+        let spec = *action.spec();
+        let conn = self.holes.owner(slot).map_or(ConnId(0), |(_, c)| c);
+        match (action, installed) {
+            (FwAction::Open { ttl, .. }, true) => {
+                self.events.push_back(Event::HoleOpen {
+                    conn,
+                    slot,
+                    spec,
+                    ttl: *ttl,
+                });
+            }
+            (FwAction::Open { .. } | FwAction::Refresh { .. }, false) => {
+                self.counters.holes_failed += 1;
+                if self.holes.get(slot) == Some(&spec) {
+                    self.holes.forget(slot);
+                }
+                self.events
+                    .push_back(Event::HoleFailed { conn, slot, spec });
+            }
+            (FwAction::Close { .. }, false) => {
+                self.counters.holes_failed += 1;
+                self.events
+                    .push_back(Event::HoleFailed { conn, slot, spec });
+            }
+            (FwAction::Refresh { .. } | FwAction::Close { .. }, true) => {}
+        }
+    }
+
+    /// Timer input: closes holes past their deadline and forgets idle connections.
+    /// Calling it early or twice does nothing harmful.
+    pub fn tick(&mut self, now: Instant) -> Vec<FwAction> {
+        let mut actions = Vec::new();
+        for closed in self.holes.expire(now, &mut actions) {
+            self.counters.holes_closed += 1;
+            self.events.push_back(Event::HoleClose {
+                conn: closed.conn,
+                slot: closed.slot,
+                spec: closed.spec,
+            });
+        }
+        if self.next_reap.is_some_and(|at| at <= now) {
+            for conn in self.conns.reap(now, self.config.idle_timeout) {
+                self.events.push_back(Event::ConnEnd {
+                    conn: conn.id,
+                    reason: EndReason::Idle,
+                });
+            }
+            self.next_reap = (!self.conns.is_empty()).then(|| now + REAP_INTERVAL);
+        }
+        for (reason, count) in self.limiter.flush(now) {
+            self.push_suppressed(reason, count);
+        }
+        actions
+    }
+
+    /// Command: closes every hole (the daemon is stopping).
+    pub fn shutdown(&mut self) -> Vec<FwAction> {
+        let mut actions = Vec::new();
+        for closed in self.holes.close_all(&mut actions) {
+            self.counters.holes_closed += 1;
+            self.events.push_back(Event::HoleClose {
+                conn: closed.conn,
+                slot: closed.slot,
+                spec: closed.spec,
+            });
+        }
+        actions
+    }
+}
+
+/// Lines are bounded by the assembler; re-exported for documentation.
+pub const MAX_LINE_LEN: usize = MAX_LINE;

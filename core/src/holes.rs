@@ -335,6 +335,13 @@ impl HoleTable {
         self.deadlines.first().map(|&(deadline, _)| deadline)
     }
 
+    /// The hole in `slot` and the connection that announced it, if any.
+    pub fn owner(&self, slot: Slot) -> Option<(HoleSpec, ConnId)> {
+        self.slots[self.index(slot)?]
+            .as_ref()
+            .map(|hole| (hole.spec, hole.conn))
+    }
+
     /// The hole in `slot`, if any.
     pub fn get(&self, slot: Slot) -> Option<&HoleSpec> {
         self.slots[self.index(slot)?]

@@ -215,8 +215,9 @@ pub fn check_reply_pairing(
 /// Invariant 3: the hole `announcement` may open on the control connection between
 /// `client` and `server`.
 ///
-/// An unspecified announced address (`EPRT |2|::|port|`, as lftp sends) names no other
-/// host, so it stands for the sender itself; 229 carries no address and means the server.
+/// An unspecified announced address of either family (`EPRT |2|::|port|` as lftp sends,
+/// `227 (0,0,0,0,p1,p2)` as vsftpd sends on IPv6) names no other host, so it stands for the
+/// sender itself; 229 carries no address and means the server.
 ///
 /// # Errors
 /// [`Deny::FamilyMismatch`], [`Deny::Bounce`] or [`Deny::LowPort`].
@@ -232,13 +233,15 @@ pub fn check_announcement(
     };
     let announced = match announcement.addr {
         None => sender,
+        // vsftpd answers PASV on an IPv6 connection with 227 (0,0,0,0,p1,p2), and clients
+        // then connect to the control connection's server address.
+        Some(addr) if addr.is_unspecified() => sender,
         Some(addr) if Family::of(addr) != Family::of(sender) => {
             return Err(Deny::FamilyMismatch {
                 announced: addr,
                 sender,
             })
         }
-        Some(addr) if addr.is_unspecified() => sender,
         Some(addr) => addr,
     };
     if announced != sender {
@@ -381,9 +384,11 @@ mod tests {
     }
 
     #[test]
-    fn unspecified_eprt_address_means_the_sender() {
+    fn unspecified_address_means_the_sender() {
         let spec = check(Source::Eprt, Some("::"), 50000, true).unwrap();
         assert_eq!(spec.dst, ip(CLIENT6));
+        let spec = check(Source::Reply227, Some("0.0.0.0"), 50000, true).unwrap();
+        assert_eq!((spec.src, spec.dst), (ip(CLIENT6), ip(SERVER6)));
     }
 
     /// Invariant 4.
