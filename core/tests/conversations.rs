@@ -1,0 +1,614 @@
+//! Conversation replays through the whole engine: which holes open, when they close, and
+//! which lines open nothing. Each DESIGN.md invariant that lives in the core has a test
+//! here (or in the module named next to it) marked `/// Invariant N`.
+
+mod support;
+
+use std::time::Duration;
+
+use ftp6proxy_core::engine::{Checksum, Config};
+use ftp6proxy_core::{FwAction, HoleSpec, Mode};
+use support::{ip, packet, Harness, Side, CLIENT4, CLIENT6, SERVER4, SERVER6};
+
+fn passive(client: &str, server: &str, port: u16) -> HoleSpec {
+    HoleSpec {
+        mode: Mode::Passive,
+        src: ip(client),
+        dst: ip(server),
+        dport: port,
+    }
+}
+
+fn active(server: &str, client: &str, port: u16) -> HoleSpec {
+    HoleSpec {
+        mode: Mode::Active,
+        src: ip(server),
+        dst: ip(client),
+        dport: port,
+    }
+}
+
+#[test]
+fn epsv_over_ipv6_opens_client_to_server_hole() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50123|)\r\n");
+    assert_eq!(
+        h.holes(),
+        [passive("2001:db8:1::10", "2001:db8:2::21", 50123)]
+    );
+    assert!(
+        h.logged("hole open slot=64000 mode=passive from=2001:db8:1::10 to=[2001:db8:2::21]:50123")
+    );
+}
+
+#[test]
+fn pasv_over_ipv4_opens_client_to_server_hole() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PASV\r\n");
+    h.server("227 Entering Passive Mode (198,51,100,21,195,80).\r\n");
+    assert_eq!(h.holes(), [passive("192.0.2.10", "198.51.100.21", 50000)]);
+}
+
+#[test]
+fn lpsv_228_opens_hole() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("LPSV\r\n");
+    h.server(
+        "228 Entering Long Passive Mode (6,16,32,1,13,184,0,2,0,0,0,0,0,0,0,0,0,33,2,195,81)\r\n",
+    );
+    assert_eq!(
+        h.holes(),
+        [passive("2001:db8:1::10", "2001:db8:2::21", 50001)]
+    );
+}
+
+#[test]
+fn eprt_over_ipv6_opens_server_to_client_hole() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPRT |2|2001:db8:1::10|50600|\r\n");
+    assert_eq!(
+        h.holes(),
+        [active("2001:db8:2::21", "2001:db8:1::10", 50600)]
+    );
+}
+
+#[test]
+fn port_over_ipv4_opens_server_to_client_hole() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("port 192,0,2,10,197,200\r\n");
+    assert_eq!(h.holes(), [active("198.51.100.21", "192.0.2.10", 50632)]);
+}
+
+#[test]
+fn lprt_opens_hole() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("LPRT 4,4,192,0,2,10,2,197,201\r\n");
+    assert_eq!(h.holes(), [active("198.51.100.21", "192.0.2.10", 50633)]);
+}
+
+/// Invariant 2: the hole is opened before the packet that announced it is passed on.
+#[test]
+fn hole_opened_before_announcing_packet_is_passed() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    let request = h.client("EPSV\r\n");
+    assert!(request.actions.is_empty() && !request.must_wait());
+    let reply = h.server("229 Entering Extended Passive Mode (|||50124|)\r\n");
+    assert!(reply.must_wait(), "the 229 segment must wait for its hole");
+    assert!(matches!(reply.actions[..], [FwAction::Open { .. }]));
+    let active = h.client("EPRT |2|2001:db8:1::10|50601|\r\n");
+    assert!(
+        active.must_wait(),
+        "the EPRT segment must wait for its hole"
+    );
+}
+
+/// Invariant 6: each hole closes at its deadline (the `-t` timeout) at the latest.
+#[test]
+fn hole_closes_after_timeout() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50125|)\r\n");
+    h.advance(Duration::from_millis(1999));
+    assert_eq!(h.holes().len(), 1);
+    h.advance(Duration::from_millis(1));
+    assert!(h.holes().is_empty());
+    assert!(h.logged("hole close slot=64000"));
+}
+
+/// Invariant 3: FTP bounce — PORT naming another host opens nothing and logs both addresses.
+#[test]
+fn port_with_foreign_address_is_denied() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    let outcome = h.client("PORT 203,0,113,99,195,80\r\n");
+    assert!(outcome.actions.is_empty());
+    assert!(h.holes().is_empty());
+    assert!(h.logged("deny reason=bounce announced=203.0.113.99 sender=192.0.2.10 cmd=PORT"));
+    assert_eq!(h.engine.counters().denied("bounce"), 1);
+}
+
+/// Invariant 3: bounce via EPRT in IPv6.
+#[test]
+fn eprt_with_foreign_address_is_denied() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPRT |2|2001:db8:3::99|50000|\r\n");
+    assert!(h.holes().is_empty());
+    assert!(h.logged("reason=bounce announced=2001:db8:3::99 sender=2001:db8:1::10"));
+}
+
+/// Invariant 3: a server announcing another host opens nothing.
+#[test]
+fn pasv_reply_with_foreign_address_is_denied() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PASV\r\n");
+    h.server("227 Entering Passive Mode (203,0,113,99,195,80)\r\n");
+    assert!(h.holes().is_empty());
+    assert!(h.logged("reason=bounce announced=203.0.113.99 sender=198.51.100.21 cmd=227"));
+}
+
+/// Invariant 3: ports below 1024 get no hole.
+#[test]
+fn privileged_port_is_denied() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PORT 192,0,2,10,0,22\r\n");
+    h.server("200 PORT command successful.\r\n");
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||25|)\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("low_port"), 2);
+}
+
+/// Invariant 4: a reply-looking line from the client never counts.
+#[test]
+fn reply_sent_by_client_opens_nothing() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("227 Entering Passive Mode (198,51,100,21,195,80)\r\n");
+    h.client("229 Entering Extended Passive Mode (|||50000|)\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("reply_from_client"), 2);
+}
+
+/// Invariant 4: a 227/229 that answers no PASV/EPSV opens nothing (CERT VU#328867).
+#[test]
+fn unsolicited_passive_reply_opens_nothing() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.server("229 Entering Extended Passive Mode (|||50400|)\r\n");
+    h.client("NLST\r\n");
+    h.server("227 Entering Passive Mode (0,0,0,0,195,80)\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("unsolicited"), 2);
+}
+
+/// Invariant 4: the reply code must match the request (229 for EPSV, 227 for PASV).
+#[test]
+fn passive_reply_of_the_wrong_kind_opens_nothing() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PASV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50000|)\r\n");
+    assert!(h.holes().is_empty());
+}
+
+/// Invariant 4: a reply-looking line inside a multi-line reply never counts, even when a
+/// passive request is outstanding; and the request is still answered by the final line.
+#[test]
+fn reply_inside_multiline_reply_opens_no_hole() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPSV\r\n");
+    h.server("211-Status of ftp.example.org:\r\n229 Entering Extended Passive Mode (|||50401|)\r\n 229 (|||50402|)\r\n211 End of status\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("inside_multiline"), 1);
+    // The EPSV was consumed by the 211: a 229 now is unsolicited.
+    h.server("229 Entering Extended Passive Mode (|||50403|)\r\n");
+    assert!(h.holes().is_empty());
+}
+
+/// Invariant 4: a multi-line 229 reply is not an announcement either.
+#[test]
+fn multiline_passive_reply_opens_no_hole() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPSV\r\n");
+    h.server("229-Entering Extended Passive Mode (|||50404|)\r\n229 Entering Extended Passive Mode (|||50404|)\r\n");
+    assert!(h.holes().is_empty());
+}
+
+/// Invariant 5: a command split across TCP segments is read whole, and the hole is
+/// requested by the segment that completes it.
+#[test]
+fn command_split_across_segments_opens_hole_on_the_last_segment() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    let first = h.client("EPRT |2|2001:db8:1");
+    assert!(first.actions.is_empty());
+    let second = h.client("::10|50602|");
+    assert!(second.actions.is_empty());
+    let last = h.client("\r\n");
+    assert!(last.must_wait());
+    assert_eq!(
+        h.holes(),
+        [active("2001:db8:2::21", "2001:db8:1::10", 50602)]
+    );
+}
+
+/// Invariant 5: a reply line split across segments, with the reply code in the first.
+#[test]
+fn reply_split_across_segments_opens_hole() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PASV\r\n");
+    h.server("227 Entering Passive Mode (198,51,");
+    h.server("100,21,195,82).\r\n");
+    assert_eq!(h.holes(), [passive("192.0.2.10", "198.51.100.21", 50002)]);
+}
+
+/// Invariant 5: a segment boundary is not a line start (NAT Slipstreaming-style alignment).
+#[test]
+fn segment_starting_with_reply_text_mid_line_opens_nothing() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPSV\r\n");
+    h.server("150-Here comes text ");
+    h.server("229 Entering Extended Passive Mode (|||50405|)\r\n");
+    assert!(h.holes().is_empty());
+}
+
+/// Retransmitted announcement re-arms its existing hole instead of taking another slot.
+#[test]
+fn retransmitted_announcement_rearms_its_hole() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPSV\r\n");
+    let seq = h.server_seq;
+    let line = b"229 Entering Extended Passive Mode (|||50126|)\r\n";
+    h.server(std::str::from_utf8(line).unwrap());
+    h.advance(Duration::from_millis(1500));
+    let again = h.send_at(Side::Server, seq, line);
+    assert!(matches!(again.actions[..], [FwAction::Refresh { .. }]));
+    assert!(again.must_wait());
+    assert_eq!(h.opens(), 1);
+    assert_eq!(h.holes().len(), 1);
+    // The deadline moved: still open 1.9 s after the retransmission.
+    h.advance(Duration::from_millis(1900));
+    assert_eq!(h.holes().len(), 1);
+    h.advance(Duration::from_millis(100));
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().holes_rearmed, 1);
+}
+
+/// A retransmission after the hole closed opens it again (the receiver never got it).
+#[test]
+fn retransmitted_announcement_after_expiry_reopens() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    let seq = h.client_seq;
+    h.client("PORT 192,0,2,10,197,200\r\n");
+    h.advance(Duration::from_secs(3));
+    assert!(h.holes().is_empty());
+    h.send_at(Side::Client, seq, b"PORT 192,0,2,10,197,200\r\n");
+    assert_eq!(h.holes().len(), 1);
+    assert_eq!(h.opens(), 2);
+}
+
+/// Invariant 5: an out-of-order segment is read when the gap is filled, and the hole is
+/// requested by the segment that fills it.
+#[test]
+fn out_of_order_announcement_is_read_when_the_gap_fills() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    let seq = h.client_seq;
+    let early = h.send_at(Side::Client, seq + 5, b"|2|2001:db8:1::10|50603|\r\n");
+    assert!(early.actions.is_empty());
+    let filler = h.send_at(Side::Client, seq, b"EPRT ");
+    assert!(filler.must_wait());
+    assert_eq!(h.holes().len(), 1);
+}
+
+/// Invariant 5: a connection first seen mid-stream resynchronises at the next line end.
+#[test]
+fn midstream_connection_resynchronises_at_next_line_end() {
+    let mut h = Harness::v6();
+    // No handshake: the daemon started while the session was open.
+    h.send(Side::Client, b" |2|2001:db8:1::10|50604|\r\n");
+    assert!(h.holes().is_empty());
+    h.client("EPRT |2|2001:db8:1::10|50605|\r\n");
+    assert_eq!(
+        h.holes(),
+        [active("2001:db8:2::21", "2001:db8:1::10", 50605)]
+    );
+}
+
+/// Pipelined commands: the 227 answers the PASV even though LIST was sent after it.
+#[test]
+fn pipelined_commands_keep_reply_pairing() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("TYPE I\r\nPASV\r\nRETR big.bin\r\n");
+    h.server("200 Switching to Binary mode.\r\n");
+    h.server("227 Entering Passive Mode (198,51,100,21,195,83).\r\n");
+    assert_eq!(h.holes(), [passive("192.0.2.10", "198.51.100.21", 50003)]);
+}
+
+/// Preliminary replies (1yz) do not consume the outstanding command.
+#[test]
+fn preliminary_reply_does_not_consume_the_request() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPSV\r\n");
+    h.server("120 Service ready in 1 minute.\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50127|)\r\n");
+    assert_eq!(h.holes().len(), 1);
+}
+
+/// Invariant 6: exhaustion is refused, logged and counted; the packet still passes.
+#[test]
+fn exhausted_slots_refuse_and_count() {
+    let config = Config {
+        count: 1,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT6, SERVER6).connected();
+    h.login();
+    h.client("EPRT |2|2001:db8:1::10|50606|\r\n");
+    let refused = h.client("EPRT |2|2001:db8:1::10|50607|\r\n");
+    assert!(refused.actions.is_empty());
+    assert_eq!(h.holes().len(), 1);
+    assert_eq!(h.engine.counters().denied("table_full"), 1);
+    assert!(h.logged("deny reason=table_full"));
+}
+
+/// Invariant 6: shutdown closes every hole.
+#[test]
+fn shutdown_closes_every_hole() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPRT |2|2001:db8:1::10|50608|\r\n");
+    h.client("EPRT |2|2001:db8:1::10|50609|\r\n");
+    let actions = h.engine.shutdown();
+    assert_eq!(actions.len(), 2);
+    assert!(actions.iter().all(|a| matches!(a, FwAction::Close { .. })));
+    assert_eq!(h.engine.open_holes(), 0);
+}
+
+/// Invariant 8: after AUTH TLS is accepted, nothing more is read from the connection.
+#[test]
+fn tls_session_is_not_read_and_logged_once() {
+    let mut h = Harness::v6().connected();
+    h.server("220 ready\r\n");
+    h.client("AUTH TLS\r\n");
+    h.server("234 Proceed with negotiation.\r\n");
+    // Ciphertext that happens to look like a conversation.
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50128|)\r\n");
+    h.client("EPRT |2|2001:db8:1::10|50610|\r\n");
+    assert!(h.holes().is_empty());
+    let tls_lines = h.log().iter().filter(|l| l.contains("tls:")).count();
+    assert_eq!(tls_lines, 1);
+    assert_eq!(h.engine.counters().tls, 1);
+}
+
+/// A refused AUTH leaves the channel readable.
+#[test]
+fn refused_auth_keeps_reading() {
+    let mut h = Harness::v4().connected();
+    h.client("AUTH TLS\r\n");
+    h.server("530 Please login with USER and PASS.\r\n");
+    h.client("PASV\r\n");
+    h.server("227 Entering Passive Mode (198,51,100,21,195,84)\r\n");
+    assert_eq!(h.holes().len(), 1);
+}
+
+#[test]
+fn segment_with_bad_checksum_is_ignored() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    let (src, dst, seq) = h.next(Side::Client);
+    let mut bytes = packet(src, dst, seq, "AP", b"EPRT |2|2001:db8:1::10|50611|\r\n");
+    let last_digit = bytes.len() - 4;
+    bytes[last_digit] ^= 0x01; // port 50611 -> 50610: the checksum no longer matches
+    let outcome = h.feed(&bytes);
+    assert!(outcome.actions.is_empty());
+    assert_eq!(h.engine.counters().bad_checksum, 1);
+    // With the checksum not ready (offload), the same bytes are read.
+    let unverified = h.feed_with(&bytes, Checksum::NotReady);
+    assert_eq!(unverified.actions.len(), 1);
+}
+
+#[test]
+fn malformed_announcement_is_logged_and_opens_nothing() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PORT 192,0,2,10,300,1\r\n");
+    h.client("EPRT |1|192.0.2.10|\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().malformed, 2);
+    assert!(h.logged("malformed cmd=PORT"));
+}
+
+#[test]
+fn unspecified_eprt_address_opens_hole_to_the_client() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPRT |2|::|50612|\r\n");
+    assert_eq!(
+        h.holes(),
+        [active("2001:db8:2::21", "2001:db8:1::10", 50612)]
+    );
+}
+
+#[test]
+fn family_mismatch_is_denied() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPRT |1|192.0.2.10|50613|\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("family_mismatch"), 1);
+}
+
+#[test]
+fn non_ftp_traffic_is_counted_and_ignored() {
+    let mut h = Harness::v6();
+    let bytes = packet(
+        "[2001:db8:1::10]:40000".parse().unwrap(),
+        "[2001:db8:2::21]:80".parse().unwrap(),
+        1,
+        "AP",
+        b"EPRT |2|2001:db8:1::10|50614|\r\n",
+    );
+    assert!(h.feed(&bytes).actions.is_empty());
+    assert_eq!(h.engine.counters().not_ftp, 1);
+    assert_eq!(h.engine.connections(), 0);
+}
+
+#[test]
+fn other_ftp_ports_are_honoured() {
+    let config = Config {
+        ftp_ports: vec![21, 2121],
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT4, "198.51.100.21:2121").connected();
+    h.login();
+    h.client("PASV\r\n");
+    h.server("227 Entering passive mode (198,51,100,21,195,85).\r\n");
+    assert_eq!(h.holes().len(), 1);
+}
+
+#[test]
+fn fin_from_both_sides_ends_the_connection_but_not_its_holes() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PORT 192,0,2,10,197,202\r\n");
+    let (src, dst, seq) = h.next(Side::Client);
+    h.feed(&packet(src, dst, seq, "FA", b""));
+    assert_eq!(h.engine.connections(), 1);
+    let (src, dst, seq) = h.next(Side::Server);
+    h.feed(&packet(src, dst, seq, "FA", b""));
+    assert_eq!(h.engine.connections(), 0);
+    assert_eq!(h.holes().len(), 1, "the hole lives until its deadline");
+    h.advance(Duration::from_secs(2));
+    assert!(h.holes().is_empty());
+}
+
+#[test]
+fn rst_ends_the_connection() {
+    let mut h = Harness::v6().connected();
+    let (src, dst, seq) = h.next(Side::Server);
+    h.feed(&packet(src, dst, seq, "R", b""));
+    assert_eq!(h.engine.connections(), 0);
+    assert!(h.logged("connection end reason=rst"));
+}
+
+/// Invariant 7: idle connections are forgotten.
+#[test]
+fn idle_connection_is_reaped() {
+    let config = Config {
+        idle_timeout: Duration::from_secs(60),
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT4, SERVER4).connected();
+    h.advance(Duration::from_secs(75));
+    assert_eq!(h.engine.connections(), 0);
+    assert!(h.logged("reason=idle"));
+    assert_eq!(h.engine.poll_timeout(), None);
+}
+
+/// Invariant 7: the table is capped; a flood of connections evicts, never grows.
+#[test]
+fn connection_table_is_capped() {
+    let config = Config {
+        max_connections: 8,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT6, SERVER6);
+    for port in 0..100u16 {
+        let src = std::net::SocketAddr::new(ip("2001:db8:1::10"), 30000 + port);
+        let bytes = packet(src, h.server, 1, "S", b"");
+        h.feed(&bytes);
+    }
+    assert_eq!(h.engine.connections(), 8);
+    assert_eq!(h.engine.counters().evicted, 92);
+}
+
+/// Peer-triggered warnings are rate limited, and the suppressed count is reported.
+#[test]
+fn denial_log_lines_are_rate_limited() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    for _ in 0..20 {
+        h.client("PORT 203,0,113,99,195,80\r\n");
+    }
+    let bounce_lines = h
+        .log()
+        .iter()
+        .filter(|l| l.contains("reason=bounce"))
+        .count();
+    assert_eq!(bounce_lines, 5);
+    assert_eq!(h.engine.counters().denied("bounce"), 20);
+    h.advance(Duration::from_secs(11));
+    assert!(h.logged("suppressed 15 similar (reason=bounce)"));
+}
+
+/// Invariant 1 (core side): a firewall failure frees the slot; the packet was still
+/// returned to the caller with its actions, never dropped by the engine.
+#[test]
+fn firewall_failure_frees_the_slot_and_is_logged() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    let outcome = h.engine.on_packet(
+        h.now,
+        &packet(
+            h.client,
+            h.server,
+            h.client_seq,
+            "AP",
+            b"EPRT |2|2001:db8:1::10|50615|\r\n",
+        ),
+    );
+    let [action] = outcome.actions[..] else {
+        panic!("one action")
+    };
+    h.engine.hole_result(h.now, &action, false);
+    h.drain_events();
+    assert_eq!(h.engine.open_holes(), 0);
+    assert_eq!(h.engine.counters().holes_failed, 1);
+    assert!(h.logged("hole failed"));
+}
+
+#[test]
+fn status_line_names_connections_holes_and_counters() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PORT 192,0,2,10,197,203\r\n");
+    let status = h.engine.status().to_string();
+    assert!(
+        status.starts_with("status connections=1 holes=1/100 packets="),
+        "{status}"
+    );
+    assert!(status.contains("denied_bounce=0"));
+}
+
+#[test]
+fn debug_line_events_escape_untrusted_bytes() {
+    let config = Config {
+        log_lines: true,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT4, SERVER4).connected();
+    h.send(Side::Client, b"USER \x1b[31mevil\x00\r\n");
+    assert!(h.logged("client: USER \\x1b[31mevil\\x00"), "{:?}", h.log());
+}
