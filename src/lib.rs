@@ -4,5 +4,6 @@
 //! and passes on packets ([`intercept`]), applies firewall actions ([`firewall`]) and runs
 //! the event loop, privilege separation and process plumbing ([`daemon`]).
 
+pub mod cli;
 pub mod firewall;
 pub mod intercept;

@@ -1,0 +1,584 @@
+//! The command line: the original ftp6proxy flags with their original meanings and
+//! defaults, plus the long options of this version, turned into a validated [`Settings`].
+//!
+//! Owns option syntax, defaults and every range check, so a bad value is refused before
+//! anything is opened, with one clear line and exit status 64 (EX_USAGE, sysexits(3)).
+//! Opens nothing and touches no system state.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// EX_USAGE from sysexits(3): the command was used incorrectly.
+pub const EX_USAGE: i32 = 64;
+
+/// Firewall backend that holds the holes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirewallKind {
+    /// ipfw(8) rules numbered base..base+count-1 (FreeBSD).
+    Ipfw,
+    /// pf(4) anchors `<anchor>/<slot>` (FreeBSD).
+    Pf,
+    /// nftables set elements with timeouts (Linux).
+    Nft,
+}
+
+impl FirewallKind {
+    /// The platform's natural backend.
+    pub fn platform_default() -> FirewallKind {
+        if cfg!(target_os = "linux") {
+            FirewallKind::Nft
+        } else {
+            FirewallKind::Ipfw
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FirewallKind::Ipfw => "ipfw",
+            FirewallKind::Pf => "pf",
+            FirewallKind::Nft => "nft",
+        }
+    }
+}
+
+/// The raw command line, as clap parses it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ftp6proxy",
+    version,
+    about = "ftp6proxy - IPv6/IPv4 FTP firewall helper without NAT",
+    long_about = "ftp6proxy watches the FTP control channel that the firewall diverts or \
+                  queues to it, and opens a short-lived hole for exactly the data connection \
+                  that a PORT/EPRT/LPRT command or a 227/228/229 reply announces, before \
+                  passing the announcing packet on unchanged.",
+    after_help = "Signals: SIGTERM/SIGINT remove all holes and exit; SIGHUP reopens the log; \
+                  SIGUSR1 (and SIGINFO on FreeBSD) log one status line."
+)]
+pub struct Args {
+    /// Punch holes into the firewall starting at this rule number / slot
+    #[arg(short = 'b', value_name = "base", default_value = "64000")]
+    pub base: String,
+    /// Use up to <count> firewall rules / slots at once
+    #[arg(short = 'c', value_name = "count", default_value = "100")]
+    pub count: String,
+    /// Run in the foreground without pidfile; twice: also debug log to stderr, no privilege drop
+    #[arg(short = 'd', action = ArgAction::Count)]
+    pub debug: u8,
+    /// Syslog facility
+    #[arg(short = 'f', value_name = "facility", default_value = "daemon")]
+    pub facility: String,
+    /// Write the pid to this file (locked; a second instance refuses to start)
+    #[arg(
+        short = 'i',
+        value_name = "pidfile",
+        default_value = "/var/run/ftp6proxy.pid"
+    )]
+    pub pidfile: PathBuf,
+    /// FreeBSD: attach to this vnet jail (name or JID); Linux: enter this network namespace
+    #[arg(short = 'j', value_name = "target")]
+    pub target: Option<String>,
+    /// Divert port (FreeBSD) or NFQUEUE number (Linux) to read packets from
+    #[arg(short = 'p', value_name = "port", default_value = "10004")]
+    pub port: String,
+    /// Place data connections into this QoS class (ipfw: dummynet queue number; pf: queue name; nft: packet mark)
+    #[arg(short = 'q', value_name = "queue")]
+    pub queue: Option<String>,
+    /// Chroot to this directory once the sockets are open
+    #[arg(short = 'r', value_name = "dir")]
+    pub chroot: Option<PathBuf>,
+    /// Keep a hole open this many seconds for the data connection to start
+    #[arg(short = 't', value_name = "timeout", default_value = "2")]
+    pub timeout: String,
+    /// Drop privileges to this user (default: uid 65535, gid 65535)
+    #[arg(short = 'u', value_name = "user")]
+    pub user: Option<String>,
+    /// Firewall that holds the holes [default: ipfw on FreeBSD, nft on Linux]
+    #[arg(long, value_name = "ipfw|pf|nft", value_enum)]
+    pub firewall: Option<FirewallKind>,
+    /// pf anchor for the holes / prefix of the nftables sets (<name>6, <name>4)
+    #[arg(long, value_name = "name", default_value = "ftp6proxy")]
+    pub anchor: String,
+    /// nftables table holding the sets, as "FAMILY NAME"
+    #[arg(
+        long = "nft-table",
+        value_name = "family name",
+        default_value = "inet filter"
+    )]
+    pub nft_table: String,
+    /// Comma-separated TCP ports of FTP servers; the side using one is the server
+    #[arg(long = "ftp-ports", value_name = "list", default_value = "21")]
+    pub ftp_ports: String,
+    /// ipfw: start even if net.inet.ip.fw.dyn_keep_states=0 (closing a hole then cuts its transfer)
+    #[arg(long = "ipfw-allow-state-loss")]
+    pub ipfw_allow_state_loss: bool,
+    /// Check the configuration, firewall and permissions, print what would be done, and exit
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// A syslog facility, as its syslog(3) code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facility {
+    /// Its name.
+    pub name: &'static str,
+    /// Its code (`LOG_DAEMON` and so on, already shifted as syslog(3) expects).
+    pub code: i32,
+}
+
+/// Facilities by name, with the values of syslog.h (identical on FreeBSD and Linux).
+const FACILITIES: &[(&str, i32)] = &[
+    ("kern", 0),
+    ("user", 1 << 3),
+    ("mail", 2 << 3),
+    ("daemon", 3 << 3),
+    ("auth", 4 << 3),
+    ("syslog", 5 << 3),
+    ("lpr", 6 << 3),
+    ("news", 7 << 3),
+    ("uucp", 8 << 3),
+    ("cron", 9 << 3),
+    ("authpriv", 10 << 3),
+    ("ftp", 11 << 3),
+    ("security", 13 << 3),
+    ("local0", 16 << 3),
+    ("local1", 17 << 3),
+    ("local2", 18 << 3),
+    ("local3", 19 << 3),
+    ("local4", 20 << 3),
+    ("local5", 21 << 3),
+    ("local6", 22 << 3),
+    ("local7", 23 << 3),
+];
+
+/// The nftables table that holds the sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftTable {
+    /// `inet`, `ip` or `ip6`.
+    pub family: String,
+    /// The table's name.
+    pub name: String,
+}
+
+/// How verbose and how detached the daemon is (`-d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreground {
+    /// Detach, write the pidfile, log to syslog, drop privileges.
+    No,
+    /// `-d`: stay in the foreground, no pidfile; log to syslog.
+    Yes,
+    /// `-d -d`: foreground, debug log to stderr, no privilege drop.
+    Debug,
+}
+
+/// The validated command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// What the core needs.
+    pub engine: ftp6proxy_core::Config,
+    /// `-d`.
+    pub foreground: Foreground,
+    /// `-f`.
+    pub facility: Facility,
+    /// `-i`.
+    pub pidfile: PathBuf,
+    /// `-j`.
+    pub target: Option<String>,
+    /// `-p`.
+    pub port: u16,
+    /// `-q`, checked against the firewall's syntax.
+    pub queue: Option<String>,
+    /// `-r`.
+    pub chroot: Option<PathBuf>,
+    /// `-u`; `None` means uid/gid 65535.
+    pub user: Option<String>,
+    /// `--firewall`.
+    pub firewall: FirewallKind,
+    /// `--anchor`.
+    pub anchor: String,
+    /// `--nft-table`.
+    pub nft_table: NftTable,
+    /// `--ipfw-allow-state-loss`.
+    pub ipfw_allow_state_loss: bool,
+    /// `--check`.
+    pub check: bool,
+}
+
+/// A command-line value that is out of range; the message names the option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(message: impl Into<String>) -> UsageError {
+    UsageError(message.into())
+}
+
+fn number<T: std::str::FromStr>(option: &str, text: &str, what: &str) -> Result<T, UsageError> {
+    text.trim()
+        .parse()
+        .map_err(|_| usage(format!("{option} {text:?}: {what}")))
+}
+
+/// A name made of letters, digits, `_` and `-` (pf anchors, nft tables and sets).
+fn is_simple_name(text: &str, max: usize) -> bool {
+    !text.is_empty()
+        && text.len() <= max
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Args {
+    /// Checks every value and builds the settings.
+    ///
+    /// # Errors
+    /// [`UsageError`] naming the first bad option.
+    pub fn validate(self) -> Result<Settings, UsageError> {
+        let base: u32 = number("-b", &self.base, "rule number must be 1..65535")?;
+        if !(1..=65535).contains(&base) {
+            return Err(usage(format!("-b {base}: rule number must be 1..65535")));
+        }
+        let count: u32 = number("-c", &self.count, "count must be a number of at least 1")?;
+        if count == 0 {
+            return Err(usage("-c 0: count must be at least 1"));
+        }
+        if base + count - 1 > 65535 {
+            return Err(usage(format!(
+                "-b {base} -c {count}: the last rule would be {}, past 65535",
+                base + count - 1
+            )));
+        }
+        let timeout: u64 = number("-t", &self.timeout, "timeout must be 1..3600 seconds")?;
+        if !(1..=3600).contains(&timeout) {
+            return Err(usage(format!(
+                "-t {timeout}: timeout must be 1..3600 seconds"
+            )));
+        }
+        let port: u16 = number("-p", &self.port, "port must be 0..65535")?;
+        let facility = FACILITIES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(self.facility.trim()))
+            .map(|&(name, code)| Facility { name, code })
+            .ok_or_else(|| {
+                let names: Vec<&str> = FACILITIES.iter().map(|(n, _)| *n).collect();
+                usage(format!(
+                    "-f {:?}: unknown syslog facility (one of {})",
+                    self.facility,
+                    names.join(", ")
+                ))
+            })?;
+        let mut ftp_ports = Vec::new();
+        for item in self.ftp_ports.split(',') {
+            let port: u16 = number("--ftp-ports", item, "each port must be 1..65535")?;
+            if port == 0 {
+                return Err(usage("--ftp-ports 0: each port must be 1..65535"));
+            }
+            if !ftp_ports.contains(&port) {
+                ftp_ports.push(port);
+            }
+        }
+        if ftp_ports.len() > 16 {
+            return Err(usage("--ftp-ports: at most 16 ports"));
+        }
+        if !is_simple_name(&self.anchor, 24) {
+            return Err(usage(format!(
+                "--anchor {:?}: use 1..24 letters, digits, '_' or '-'",
+                self.anchor
+            )));
+        }
+        let mut words = self.nft_table.split_whitespace();
+        let nft_table = match (words.next(), words.next(), words.next()) {
+            (Some(family), Some(name), None)
+                if ["inet", "ip", "ip6"].contains(&family) && is_simple_name(name, 64) =>
+            {
+                NftTable {
+                    family: family.to_string(),
+                    name: name.to_string(),
+                }
+            }
+            _ => {
+                return Err(usage(format!(
+                    "--nft-table {:?}: expected \"FAMILY NAME\" with FAMILY inet, ip or ip6",
+                    self.nft_table
+                )))
+            }
+        };
+        let firewall = self.firewall.unwrap_or_else(FirewallKind::platform_default);
+        if let Some(queue) = &self.queue {
+            let ok = match firewall {
+                FirewallKind::Ipfw => queue.parse::<u16>().is_ok_and(|q| q >= 1),
+                FirewallKind::Nft => queue.parse::<u32>().is_ok_and(|q| q >= 1),
+                FirewallKind::Pf => is_simple_name(queue, 15),
+            };
+            if !ok {
+                let expected = match firewall {
+                    FirewallKind::Ipfw => "a dummynet queue number 1..65535",
+                    FirewallKind::Nft => "a packet mark 1..4294967295",
+                    FirewallKind::Pf => "a pf queue name, or dnqueue number (1..15 characters)",
+                };
+                return Err(usage(format!("-q {queue:?}: expected {expected}")));
+            }
+        }
+        if self.user.as_deref() == Some("") {
+            return Err(usage("-u \"\": empty user name"));
+        }
+        let foreground = match self.debug {
+            0 => Foreground::No,
+            1 => Foreground::Yes,
+            _ => Foreground::Debug,
+        };
+        let (base, count) = (
+            u16::try_from(base).expect("checked above"),
+            u16::try_from(count).expect("checked above"),
+        );
+        Ok(Settings {
+            engine: ftp6proxy_core::Config {
+                ftp_ports,
+                base,
+                count,
+                ttl: Duration::from_secs(timeout),
+                log_lines: foreground == Foreground::Debug,
+                ..ftp6proxy_core::Config::default()
+            },
+            foreground,
+            facility,
+            pidfile: self.pidfile,
+            target: self.target,
+            port,
+            queue: self.queue,
+            chroot: self.chroot,
+            user: self.user,
+            firewall,
+            anchor: self.anchor,
+            nft_table,
+            ipfw_allow_state_loss: self.ipfw_allow_state_loss,
+            check: self.check,
+        })
+    }
+}
+
+/// What `main` should do after parsing.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Run with these settings.
+    Run(Box<Settings>),
+    /// Print this (help or version) to stdout and exit 0.
+    Print(String),
+    /// Print this one line to stderr and exit with [`EX_USAGE`].
+    Usage(String),
+}
+
+/// Parses `argv` (including the program name).
+pub fn parse<I, T>(argv: I) -> Parsed
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Args::try_parse_from(argv) {
+        Ok(args) => match args.validate() {
+            Ok(settings) => Parsed::Run(Box::new(settings)),
+            Err(error) => Parsed::Usage(format!("ftp6proxy: {error}")),
+        },
+        Err(error) => match error.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                Parsed::Print(error.to_string())
+            }
+            _ => {
+                // clap explains over several lines; the first one says what is wrong.
+                let text = error.to_string();
+                let first = text
+                    .lines()
+                    .next()
+                    .unwrap_or("bad command line")
+                    .trim_start_matches("error: ");
+                Parsed::Usage(format!("ftp6proxy: {first} (see ftp6proxy -h)"))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Parsed {
+        parse(std::iter::once("ftp6proxy").chain(args.iter().copied()))
+    }
+
+    fn settings(args: &[&str]) -> Settings {
+        match run(args) {
+            Parsed::Run(settings) => *settings,
+            other => panic!("expected settings for {args:?}, got {other:?}"),
+        }
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        match run(args) {
+            Parsed::Usage(line) => line,
+            other => panic!("expected a usage error for {args:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let s = settings(&[]);
+        assert_eq!(s.engine.base, 64000);
+        assert_eq!(s.engine.count, 100);
+        assert_eq!(s.engine.ttl, Duration::from_secs(2));
+        assert_eq!(s.engine.ftp_ports, [21]);
+        assert_eq!(s.port, 10004);
+        assert_eq!(s.pidfile, PathBuf::from("/var/run/ftp6proxy.pid"));
+        assert_eq!(s.facility.name, "daemon");
+        assert_eq!(s.foreground, Foreground::No);
+        assert_eq!(s.anchor, "ftp6proxy");
+        assert_eq!(
+            s.nft_table,
+            NftTable {
+                family: "inet".into(),
+                name: "filter".into()
+            }
+        );
+        assert_eq!(s.firewall, FirewallKind::platform_default());
+        assert!(s.user.is_none() && s.target.is_none() && s.queue.is_none());
+    }
+
+    #[test]
+    fn every_option_is_read() {
+        let s = settings(&[
+            "-b",
+            "1000",
+            "-c",
+            "10",
+            "-d",
+            "-d",
+            "-f",
+            "local3",
+            "-i",
+            "/tmp/x.pid",
+            "-j",
+            "gw",
+            "-p",
+            "8021",
+            "-q",
+            "7",
+            "-r",
+            "/var/empty",
+            "-t",
+            "5",
+            "-u",
+            "proxy",
+            "--firewall",
+            "ipfw",
+            "--anchor",
+            "ftpx",
+            "--nft-table",
+            "ip6 gate",
+            "--ftp-ports",
+            "21,2121",
+            "--ipfw-allow-state-loss",
+            "--check",
+        ]);
+        assert_eq!((s.engine.base, s.engine.count), (1000, 10));
+        assert_eq!(s.foreground, Foreground::Debug);
+        assert!(s.engine.log_lines);
+        assert_eq!(s.facility.code, 19 << 3);
+        assert_eq!(s.target.as_deref(), Some("gw"));
+        assert_eq!(s.port, 8021);
+        assert_eq!(s.queue.as_deref(), Some("7"));
+        assert_eq!(s.engine.ttl, Duration::from_secs(5));
+        assert_eq!(s.user.as_deref(), Some("proxy"));
+        assert_eq!(s.firewall, FirewallKind::Ipfw);
+        assert_eq!(s.nft_table.family, "ip6");
+        assert_eq!(s.engine.ftp_ports, [21, 2121]);
+        assert!(s.ipfw_allow_state_loss && s.check);
+    }
+
+    #[test]
+    fn count_zero_is_refused() {
+        assert_eq!(
+            usage_error(&["-c", "0"]),
+            "ftp6proxy: -c 0: count must be at least 1"
+        );
+    }
+
+    #[test]
+    fn range_past_65535_is_refused() {
+        assert!(usage_error(&["-b", "65500", "-c", "100"]).contains("past 65535"));
+        // The last possible range is fine.
+        assert_eq!(settings(&["-b", "65436", "-c", "100"]).engine.count, 100);
+    }
+
+    #[test]
+    fn bad_values_get_one_line_naming_the_option() {
+        for (args, option) in [
+            (&["-t", "0"][..], "-t"),
+            (&["-t", "x"][..], "-t"),
+            (&["-p", "70000"][..], "-p"),
+            (&["-b", "0"][..], "-b"),
+            (&["-f", "nosuch"][..], "-f"),
+            (&["--ftp-ports", "21,0"][..], "--ftp-ports"),
+            (&["--ftp-ports", "21,,22"][..], "--ftp-ports"),
+            (&["--nft-table", "bridge filter"][..], "--nft-table"),
+            (&["--anchor", "a/b"][..], "--anchor"),
+            (&["--firewall", "ipfw", "-q", "fast"][..], "-q"),
+            (&["--firewall", "pf", "-q", "x y"][..], "-q"),
+        ] {
+            let line = usage_error(args);
+            assert!(line.starts_with(&format!("ftp6proxy: {option} ")), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn unknown_flag_is_a_usage_error() {
+        let line = usage_error(&["-x"]);
+        assert!(line.contains("'-x'"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn help_and_version_print() {
+        let Parsed::Print(help) = run(&["-h"]) else {
+            panic!("-h prints help")
+        };
+        for option in [
+            "-b",
+            "-c",
+            "-d",
+            "-f",
+            "-i",
+            "-j",
+            "-p",
+            "-q",
+            "-r",
+            "-t",
+            "-u",
+            "--firewall",
+            "--check",
+        ] {
+            assert!(help.contains(option), "{option} missing from help");
+        }
+        let Parsed::Print(version) = run(&["-V"]) else {
+            panic!("-V prints version")
+        };
+        assert!(version.starts_with("ftp6proxy "));
+    }
+
+    #[test]
+    fn pf_queue_names_and_ipfw_queue_numbers() {
+        assert_eq!(
+            settings(&["--firewall", "pf", "-q", "ftp_data"])
+                .queue
+                .as_deref(),
+            Some("ftp_data")
+        );
+        assert_eq!(
+            settings(&["--firewall", "ipfw", "-q", "3"])
+                .queue
+                .as_deref(),
+            Some("3")
+        );
+    }
+}
