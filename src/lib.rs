@@ -6,3 +6,4 @@
 
 pub mod firewall;
 pub mod intercept;
+pub mod jail;

@@ -205,10 +205,8 @@ pub(crate) mod fake {
         pub(crate) fn new(tag: &str) -> TempDir {
             static NEXT: AtomicU32 = AtomicU32::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!(
-                "ftp6proxy-test-{tag}-{}-{n}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("ftp6proxy-test-{tag}-{}-{n}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).expect("create test temp dir");
             TempDir(dir)
@@ -261,7 +259,11 @@ mod tests {
 
     #[test]
     fn stdin_is_fed_and_closed() {
-        let out = run(&Cmd::new("/bin/cat", Vec::<String>::new()), Some(b"pass quick\n")).unwrap();
+        let out = run(
+            &Cmd::new("/bin/cat", Vec::<String>::new()),
+            Some(b"pass quick\n"),
+        )
+        .unwrap();
         assert_eq!(out.stdout, "pass quick\n");
     }
 
@@ -275,7 +277,11 @@ mod tests {
     #[test]
     fn tool_exiting_without_reading_stdin_is_not_an_io_error() {
         let big = vec![b'x'; 1 << 20];
-        let out = run(&Cmd::new("/bin/sh", ["-c", "echo nope >&2; exit 3"]), Some(&big)).unwrap();
+        let out = run(
+            &Cmd::new("/bin/sh", ["-c", "echo nope >&2; exit 3"]),
+            Some(&big),
+        )
+        .unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.failure_detail(), "nope (exit status: 3)");
     }
@@ -308,7 +314,10 @@ mod tests {
             "sysctl",
             r#"case "$2" in known) echo ' 1 ';; *) echo "sysctl: unknown oid '$2'" >&2; exit 1;; esac"#,
         );
-        assert_eq!(sysctl_value(&sysctl, "known").unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            sysctl_value(&sysctl, "known").unwrap().as_deref(),
+            Some("1")
+        );
         assert_eq!(sysctl_value(&sysctl, "other").unwrap(), None);
     }
 

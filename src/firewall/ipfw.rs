@@ -394,7 +394,8 @@ impl Firewall for Ipfw {
                  `sysctl {SYSCTL_KEEP_STATES}=1` and add `{SYSCTL_KEEP_STATES}=1` to \
                  /etc/sysctl.conf (or start with --ipfw-no-keep-states-ok if transfers \
                  never outlive -t)",
-                keep.as_deref().unwrap_or("missing (kernel older than FreeBSD 11.2?)")
+                keep.as_deref()
+                    .unwrap_or("missing (kernel older than FreeBSD 11.2?)")
             )));
         }
         if let Some(queue) = self.config.queue {
@@ -589,13 +590,31 @@ mod tests {
     #[test]
     fn cleanup_deletes_our_rules_in_range_once_each() {
         let rules = vec![
-            ListedRule { number: 63999, ours: false },
-            ListedRule { number: 64001, ours: true },
-            ListedRule { number: 64001, ours: true },
-            ListedRule { number: 64099, ours: true },
-            ListedRule { number: 64100, ours: false },
+            ListedRule {
+                number: 63999,
+                ours: false,
+            },
+            ListedRule {
+                number: 64001,
+                ours: true,
+            },
+            ListedRule {
+                number: 64001,
+                ours: true,
+            },
+            ListedRule {
+                number: 64099,
+                ours: true,
+            },
+            ListedRule {
+                number: 64100,
+                ours: false,
+            },
         ];
-        assert_eq!(plan_cleanup(&rules, &cfg(64000, 100)).unwrap(), vec![64001, 64099]);
+        assert_eq!(
+            plan_cleanup(&rules, &cfg(64000, 100)).unwrap(),
+            vec![64001, 64099]
+        );
     }
 
     #[test]
@@ -613,8 +632,14 @@ mod tests {
     #[test]
     fn foreign_rule_sharing_our_number_refuses_start() {
         let rules = vec![
-            ListedRule { number: 64001, ours: true },
-            ListedRule { number: 64001, ours: false },
+            ListedRule {
+                number: 64001,
+                ours: true,
+            },
+            ListedRule {
+                number: 64001,
+                ours: false,
+            },
         ];
         assert!(plan_cleanup(&rules, &cfg(64000, 100)).is_err());
     }
@@ -772,7 +797,10 @@ esac"#
         );
         let mut fw = fake.ipfw(cfg(64000, 100));
         assert_eq!(fw.flush_owned().unwrap(), 2);
-        assert_eq!(fake.log(), vec!["-S list 64000-64099", "delete 64003 64010"]);
+        assert_eq!(
+            fake.log(),
+            vec!["-S list 64000-64099", "delete 64003 64010"]
+        );
     }
 
     #[test]
@@ -804,7 +832,10 @@ esac"#
         let Err(Error::Setup(text)) = fw.check() else {
             panic!("expected a setup error")
         };
-        assert!(text.contains("sysctl net.inet.ip.fw.dyn_keep_states=1"), "{text}");
+        assert!(
+            text.contains("sysctl net.inet.ip.fw.dyn_keep_states=1"),
+            "{text}"
+        );
         assert!(text.contains("/etc/sysctl.conf"), "{text}");
 
         let mut relaxed = cfg(64000, 100);

@@ -493,8 +493,14 @@ mod tests {
     #[test]
     fn argv_golden() {
         let j = |v: Vec<String>| v.join(" ");
-        assert_eq!(j(load_args("ftp6proxy", Slot(64003))), "-a ftp6proxy/64003 -f -");
-        assert_eq!(j(flush_args("ftp6proxy", Slot(64003))), "-a ftp6proxy/64003 -F rules");
+        assert_eq!(
+            j(load_args("ftp6proxy", Slot(64003))),
+            "-a ftp6proxy/64003 -f -"
+        );
+        assert_eq!(
+            j(flush_args("ftp6proxy", Slot(64003))),
+            "-a ftp6proxy/64003 -F rules"
+        );
         assert_eq!(j(list_anchors_args("ftp6proxy")), "-a ftp6proxy -s Anchors");
         assert_eq!(j(load_args("ftp-v6", Slot(1))), "-a ftp-v6/1 -f -");
         assert_eq!(j(info_args()), "-s info");
@@ -507,9 +513,21 @@ mod tests {
         assert_eq!(Queue::parse("5").unwrap(), Queue::Dummynet(5));
         assert_eq!(Queue::parse("65535").unwrap(), Queue::Dummynet(65535));
         assert_eq!(Queue::parse("ftp").unwrap(), Queue::Altq("ftp".into()));
-        assert_eq!(Queue::parse("_q.1-a").unwrap(), Queue::Altq("_q.1-a".into()));
+        assert_eq!(
+            Queue::parse("_q.1-a").unwrap(),
+            Queue::Altq("_q.1-a".into())
+        );
         for bad in [
-            "", "0", "65536", "5a", "-5", "ftp bulk", "ftp\"", "q)", "q\nblock", "é",
+            "",
+            "0",
+            "65536",
+            "5a",
+            "-5",
+            "ftp bulk",
+            "ftp\"",
+            "q)",
+            "q\nblock",
+            "é",
             &"q".repeat(64),
         ] {
             assert!(Queue::parse(bad).is_err(), "{bad:?}");
@@ -543,7 +561,10 @@ mod tests {
         assert_eq!(others, vec!["ftp6proxy/manual", "ftp6proxy/064001"]);
         assert_eq!(parse_anchors("", "ftp6proxy"), (vec![], vec![]));
         // Too large for a slot.
-        assert_eq!(parse_anchors("  ftp6proxy/70000\n", "ftp6proxy").0, Vec::<u16>::new());
+        assert_eq!(
+            parse_anchors("  ftp6proxy/70000\n", "ftp6proxy").0,
+            Vec::<u16>::new()
+        );
     }
 
     /// `pfctl -s info` as printed by FreeBSD 14 (first lines).
@@ -662,13 +683,21 @@ esac"#
     #[test]
     fn fake_pfctl_check() {
         let (dir, mut pf) = fake("pf-check");
-        write(&dir, "info", "Status: Disabled for 0 days 00:00:03 Debug: Urgent\n");
+        write(
+            &dir,
+            "info",
+            "Status: Disabled for 0 days 00:00:03 Debug: Urgent\n",
+        );
         let Err(Error::Setup(text)) = pf.check() else {
             panic!("expected a setup error")
         };
         assert!(text.contains("pfctl -e"), "{text}");
 
-        write(&dir, "info", "Status: Enabled for 0 days 00:00:03 Debug: Urgent\n");
+        write(
+            &dir,
+            "info",
+            "Status: Enabled for 0 days 00:00:03 Debug: Urgent\n",
+        );
         write(&dir, "rules", "block drop in all\n");
         let Err(Error::Setup(text)) = pf.check() else {
             panic!("expected a setup error")
@@ -676,7 +705,11 @@ esac"#
         assert!(text.contains("anchor \"ftp6proxy/*\""), "{text}");
         assert!(text.contains("/etc/pf.conf"), "{text}");
 
-        write(&dir, "rules", "anchor \"ftp6proxy/*\" all\nblock drop in all\n");
+        write(
+            &dir,
+            "rules",
+            "anchor \"ftp6proxy/*\" all\nblock drop in all\n",
+        );
         pf.check().unwrap();
     }
 
