@@ -345,7 +345,18 @@ impl Pf {
     /// The slots of our range that currently have an anchor.
     fn listed_slots(&self) -> Result<Vec<u16>, Error> {
         let cmd = self.cmd(list_anchors_args(&self.config.anchor));
-        let output = exec::run_ok(&cmd, None, &cmd.to_string())?;
+        let output = exec::run(&cmd, None)?;
+        if !output.success() {
+            // pfctl's "Anchor 'ftp6proxy' not found." (EINVAL): nothing was ever loaded
+            // under it, so there is nothing to flush.
+            if output.stderr.contains("not found") {
+                return Ok(Vec::new());
+            }
+            return Err(Error::Refused {
+                what: cmd.to_string(),
+                detail: output.failure_detail(),
+            });
+        }
         let (slots, others) = parse_anchors(&output.stdout, &self.config.anchor);
         if !others.is_empty() {
             log::warn!(
@@ -603,7 +614,7 @@ case "$*" in
 *" -f -") cat >> '{d}/stdin.log'; if [ -f '{d}/refuse' ]; then echo "stdin:1: syntax error" >&2; exit 1; fi ;;
 "-s info") cat '{d}/info' ;;
 "-s rules") cat '{d}/rules' ;;
-*" -s Anchors") cat '{d}/Anchors' 2>/dev/null ;;
+*" -s Anchors") if [ -f '{d}/Anchors' ]; then cat '{d}/Anchors'; else echo "Anchor '$2' not found." >&2; exit 1; fi ;;
 *" -F rules") echo "rules cleared" >&2 ;;
 esac"#
             ),
@@ -678,6 +689,13 @@ esac"#
                 "-a ftp6proxy/64099 -F rules",
             ]
         );
+    }
+
+    #[test]
+    fn fake_pfctl_flush_of_missing_anchor_is_empty() {
+        let (dir, mut pf) = fake("pf-noanchor");
+        assert_eq!(pf.flush_owned().unwrap(), 0);
+        assert_eq!(dir.lines("pfctl.log"), vec!["-a ftp6proxy -s Anchors"]);
     }
 
     #[test]
