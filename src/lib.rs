@@ -7,3 +7,4 @@
 pub mod cli;
 pub mod firewall;
 pub mod intercept;
+pub mod jail;

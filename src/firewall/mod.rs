@@ -11,6 +11,10 @@
 
 use ftp6proxy_core::FwAction;
 
+pub mod exec;
+pub mod ipfw;
+pub mod pf;
+
 /// Why a firewall operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -4,6 +4,10 @@
 //! Parses nothing past what the OS hands over (the NFQUEUE packet id, the divert sockaddr).
 //! Never modifies a packet: DESIGN.md invariant 1.
 
+#[cfg(target_os = "freebsd")]
+pub mod divert;
+pub mod divert_addr;
+
 use std::io;
 use std::os::fd::AsRawFd;
 

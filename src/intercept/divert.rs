@@ -1,0 +1,305 @@
+//! The divert(4) intercept backend (FreeBSD only).
+//!
+//! Owns one divert socket: its creation, `bind(2)` to the divert port, and the
+//! `recvfrom(2)`/`sendto(2)` of whole packets. Must not look inside a packet, and must not
+//! change one: every packet read is written back byte for byte with the sockaddr it came
+//! with (DESIGN.md invariant 1). All sockaddr logic — byte orders, the interface name, the
+//! IPv6 inbound caveat — lives in the pure [`super::divert_addr`], tested on every OS;
+//! this file is the thin syscall glue around it.
+//!
+//! Socket creation follows research/freebsd.md §1.1: FreeBSD 14+ has its own domain,
+//! `socket(PF_DIVERT, SOCK_RAW, 0)`; 13 and older only the inet form
+//! `socket(PF_INET, SOCK_RAW, IPPROTO_DIVERT)` (14 still accepts it with a console
+//! warning). We try the new form first and fall back on "unknown domain" errors.
+//!
+//! A divert rule with no socket bound drops its packets (research §1.6): the daemon opens
+//! this socket before it installs or relies on any divert rule, and the rc.d script loads
+//! `ipdivert` via `required_modules`.
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::divert_addr::{self, Direction, DirectionHint, DivertAddr, SOCKADDR_IN_LEN};
+use super::Intercept;
+
+/// `PF_DIVERT` from FreeBSD 14's `sys/socket.h` (`#define AF_DIVERT 44`); not in the libc
+/// crate.
+pub const PF_DIVERT: libc::c_int = 44;
+
+/// Large enough for any IPv4 packet (64 KiB - 1) and any non-jumbo IPv6 packet (40-byte
+/// header + 64 KiB - 1 payload).
+const BUF_LEN: usize = 40 + 65535;
+
+// The byte layout in divert_addr is FreeBSD's `struct sockaddr_in`.
+const _: () = assert!(mem::size_of::<libc::sockaddr_in>() == SOCKADDR_IN_LEN);
+
+/// How to open the divert socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DivertConfig {
+    /// The divert port (`-p`, default 10004): `ipfw add ... divert 10004 ...`.
+    pub port: u16,
+    /// Which directions the rules feeding this port divert (see
+    /// [`super::divert_addr`] on the IPv6 caveat).
+    pub hint: DirectionHint,
+}
+
+/// A packet kept for later: its bytes and the sockaddr to reinject it with.
+#[derive(Debug, Clone)]
+pub struct DivertHeld {
+    packet: Vec<u8>,
+    addr: [u8; SOCKADDR_IN_LEN],
+}
+
+/// The current packet: its length in the buffer and its reinjection sockaddr.
+#[derive(Debug, Clone, Copy)]
+struct Current {
+    len: usize,
+    direction: Direction,
+    addr: [u8; SOCKADDR_IN_LEN],
+}
+
+/// An open, bound, non-blocking divert socket.
+#[derive(Debug)]
+pub struct Divert {
+    fd: OwnedFd,
+    hint: DirectionHint,
+    buf: Box<[u8]>,
+    current: Option<Current>,
+}
+
+fn is_unknown_domain(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT | libc::EPFNOSUPPORT)
+    )
+}
+
+fn new_socket(domain: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the returned fd is owned by nobody else.
+    let fd = unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: fd is a fresh, valid descriptor that we alone own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+fn to_sockaddr_in(bytes: &[u8; SOCKADDR_IN_LEN]) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data of exactly SOCKADDR_IN_LEN bytes (asserted
+    // above); every bit pattern is valid.
+    unsafe {
+        let mut sin: libc::sockaddr_in = mem::zeroed();
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            (&mut sin as *mut libc::sockaddr_in).cast::<u8>(),
+            SOCKADDR_IN_LEN,
+        );
+        sin
+    }
+}
+
+fn from_sockaddr_in(sin: &libc::sockaddr_in) -> [u8; SOCKADDR_IN_LEN] {
+    let mut bytes = [0u8; SOCKADDR_IN_LEN];
+    // SAFETY: reads the SOCKADDR_IN_LEN bytes of a plain-old-data struct.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (sin as *const libc::sockaddr_in).cast::<u8>(),
+            bytes.as_mut_ptr(),
+            SOCKADDR_IN_LEN,
+        );
+    }
+    bytes
+}
+
+fn with_context(err: io::Error, port: u16, what: &str) -> io::Error {
+    let hint = match err.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            " (divert sockets need root, on the host or in a vnet jail)"
+        }
+        Some(libc::EADDRINUSE) => " (another process, perhaps another ftp6proxy, has it)",
+        _ => "",
+    };
+    io::Error::new(
+        err.kind(),
+        format!("{what} divert socket on port {port}: {err}{hint}"),
+    )
+}
+
+impl Divert {
+    /// Creates the divert socket, binds it to `config.port` and makes it non-blocking.
+    ///
+    /// # Errors
+    /// When divert is not available (the message names `kldload ipdivert`), when we lack
+    /// the privilege, or when the port is taken.
+    pub fn open(config: DivertConfig) -> io::Result<Divert> {
+        let fd = match new_socket(PF_DIVERT, 0) {
+            Ok(fd) => fd,
+            Err(e) if is_unknown_domain(&e) => new_socket(libc::PF_INET, libc::IPPROTO_DIVERT)
+                .map_err(|e| {
+                    if is_unknown_domain(&e) {
+                        io::Error::new(
+                            e.kind(),
+                            format!(
+                                "divert(4) is not available ({e}): run `kldload ipdivert` \
+                                 (ipdivert_load=\"YES\" in /boot/loader.conf, or \
+                                 required_modules in the rc.d script)"
+                            ),
+                        )
+                    } else {
+                        with_context(e, config.port, "create")
+                    }
+                })?,
+            Err(e) => return Err(with_context(e, config.port, "create")),
+        };
+
+        let sin = to_sockaddr_in(&divert_addr::bind_addr(config.port));
+        // SAFETY: sin is a valid sockaddr_in and the length passed is its size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sin as *const libc::sockaddr_in).cast::<libc::sockaddr>(),
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(with_context(
+                io::Error::last_os_error(),
+                config.port,
+                "bind",
+            ));
+        }
+        Ok(Divert {
+            fd,
+            hint: config.hint,
+            buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            current: None,
+        })
+    }
+
+    /// The direction of the current packet, as far as the kernel and the socket's hint
+    /// tell (see [`super::divert_addr`]).
+    pub fn current_direction(&self) -> Option<Direction> {
+        self.current.map(|c| c.direction)
+    }
+
+    fn send(&self, packet: &[u8], addr: &[u8; SOCKADDR_IN_LEN]) -> io::Result<()> {
+        let sin = to_sockaddr_in(addr);
+        loop {
+            // SAFETY: packet and sin are valid for the lengths passed.
+            let n = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&sin as *const libc::sockaddr_in).cast::<libc::sockaddr>(),
+                    mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n >= 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+impl AsRawFd for Divert {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Intercept for Divert {
+    type Held = DivertHeld;
+
+    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+        self.current = None;
+        // SAFETY: sockaddr_in is plain old data; zero is a valid value.
+        let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
+        let n = loop {
+            let mut sin_len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            // SAFETY: buf and sin are valid for the lengths passed; the kernel writes at
+            // most those lengths.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    0,
+                    (&mut sin as *mut libc::sockaddr_in).cast::<libc::sockaddr>(),
+                    &mut sin_len,
+                )
+            };
+            if let Ok(n) = usize::try_from(n) {
+                break n;
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(None),
+                _ => return Err(err),
+            }
+        };
+        let raw = from_sockaddr_in(&sin);
+        // A sockaddr we cannot decode (never seen from divert) is echoed as received, so
+        // the packet still goes on after its rule.
+        let (addr, direction) = match DivertAddr::decode(&raw) {
+            Ok(a) => (
+                a.for_reinjection(self.hint).encode(),
+                a.direction(self.hint),
+            ),
+            Err(_) => (raw, Direction::Out),
+        };
+        let len = n.min(self.buf.len());
+        self.current = Some(Current {
+            len,
+            direction,
+            addr,
+        });
+        Ok(self.buf.get(..len))
+    }
+
+    fn pass_current(&mut self) -> io::Result<()> {
+        match self.current.take() {
+            Some(c) => {
+                let packet = self.buf.get(..c.len).unwrap_or_default();
+                self.send(packet, &c.addr)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Copies the current packet out. Without a current packet the result is empty and
+    /// passing it does nothing.
+    fn hold_current(&mut self) -> DivertHeld {
+        match self.current.take() {
+            Some(c) => DivertHeld {
+                packet: self.buf.get(..c.len).unwrap_or_default().to_vec(),
+                addr: c.addr,
+            },
+            None => DivertHeld {
+                packet: Vec::new(),
+                addr: [0; SOCKADDR_IN_LEN],
+            },
+        }
+    }
+
+    fn pass_held(&mut self, held: DivertHeld) -> io::Result<()> {
+        if held.packet.is_empty() {
+            return Ok(());
+        }
+        self.send(&held.packet, &held.addr)
+    }
+}
