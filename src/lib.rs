@@ -6,3 +6,5 @@
 
 pub mod firewall;
 pub mod intercept;
+#[cfg(target_os = "linux")]
+pub mod netlink;

@@ -37,3 +37,6 @@ pub trait Intercept: AsRawFd {
     /// A socket error.
     fn pass_held(&mut self, held: Self::Held) -> io::Result<()>;
 }
+
+#[cfg(target_os = "linux")]
+pub mod nfqueue;
