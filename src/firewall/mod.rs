@@ -58,3 +58,6 @@ pub trait Firewall {
     /// When the firewall refuses the change.
     fn apply(&mut self, action: &FwAction) -> Result<(), Error>;
 }
+
+#[cfg(target_os = "linux")]
+pub mod nft;
