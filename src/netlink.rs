@@ -246,12 +246,22 @@ impl<'a> Iterator for Attrs<'a> {
     }
 }
 
-/// Splits an nfnetlink message body into its `nfgenmsg` (family, version, `res_id` in host
-/// order) and the attributes after it.
+/// struct nfgenmsg, with `res_id` in host order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NfGenMsg {
+    /// `nfgen_family` (`AF_*` / `NFPROTO_*`).
+    pub family: u8,
+    /// `version` (`NFNETLINK_V0`).
+    pub version: u8,
+    /// `res_id`: the queue number for nfnetlink_queue, the subsystem for batch markers.
+    pub res_id: u16,
+}
+
+/// Splits an nfnetlink message body into its `nfgenmsg` and the attributes after it.
 ///
 /// # Errors
 /// [`ParseError::Truncated`] when the body is shorter than `nfgenmsg`.
-pub fn split_nfgenmsg(payload: &[u8]) -> Result<((u8, u8, u16), &[u8]), ParseError> {
+pub fn split_nfgenmsg(payload: &[u8]) -> Result<(NfGenMsg, &[u8]), ParseError> {
     let Some(hdr) = payload.get(..NFGENMSG_LEN) else {
         return Err(ParseError::Truncated {
             what: "nfgenmsg",
@@ -259,8 +269,12 @@ pub fn split_nfgenmsg(payload: &[u8]) -> Result<((u8, u8, u16), &[u8]), ParseErr
             need: NFGENMSG_LEN,
         });
     };
-    let res_id = u16::from_be_bytes([hdr[2], hdr[3]]);
-    Ok(((hdr[0], hdr[1], res_id), &payload[NFGENMSG_LEN..]))
+    let hdr = NfGenMsg {
+        family: hdr[0],
+        version: hdr[1],
+        res_id: u16::from_be_bytes([hdr[2], hdr[3]]),
+    };
+    Ok((hdr, &payload[NFGENMSG_LEN..]))
 }
 
 /// Reads an `NLMSG_ERROR` body (struct nlmsgerr { int error; struct nlmsghdr msg; }) and
@@ -306,7 +320,10 @@ impl MsgBuilder {
     /// Starts a message: nlmsghdr (length patched by [`MsgBuilder::end`], pid 0) and
     /// nfgenmsg with `res_id` in network byte order.
     pub fn begin(&mut self, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> &mut Self {
-        assert!(self.msg_start.is_none(), "previous message ended before the next begins");
+        assert!(
+            self.msg_start.is_none(),
+            "previous message ended before the next begins"
+        );
         self.msg_start = Some(self.buf.len());
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
         self.buf.extend_from_slice(&ty.to_ne_bytes());
@@ -352,7 +369,8 @@ impl MsgBuilder {
     pub fn nest_begin(&mut self, ty: u16) -> &mut Self {
         self.nests.push(self.buf.len());
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
         self
     }
 
@@ -367,7 +385,10 @@ impl MsgBuilder {
 
     /// Ends the current message and writes its length.
     pub fn end(&mut self) -> &mut Self {
-        assert!(self.nests.is_empty(), "all nests closed before the message ends");
+        assert!(
+            self.nests.is_empty(),
+            "all nests closed before the message ends"
+        );
         let start = self.msg_start.take().expect("end matches a begin");
         let len = u32::try_from(self.buf.len() - start).expect("messages we build fit in u32");
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
@@ -462,7 +483,10 @@ impl Socket {
     /// When neither option can be set.
     pub fn set_rcvbuf(&self, bytes: usize) -> io::Result<()> {
         let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        if self.setsockopt_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value).is_ok() {
+        if self
+            .setsockopt_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value)
+            .is_ok()
+        {
             return Ok(());
         }
         self.setsockopt_int(libc::SOL_SOCKET, libc::SO_RCVBUF, value)
@@ -599,8 +623,15 @@ mod tests {
         assert_eq!(msgs.len(), 1);
         let msg = msgs[0].unwrap();
         assert_eq!((msg.ty, msg.flags, msg.seq), (0x0a0c, 5, 7));
-        let ((family, version, res_id), body) = split_nfgenmsg(msg.payload).unwrap();
-        assert_eq!((family, version, res_id), (1, 0, 0));
+        let (hdr, body) = split_nfgenmsg(msg.payload).unwrap();
+        assert_eq!(
+            hdr,
+            NfGenMsg {
+                family: 1,
+                version: 0,
+                res_id: 0
+            }
+        );
         let list: Vec<_> = attrs(body).map(Result::unwrap).collect();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].c_str(), b"filter");
@@ -637,7 +668,10 @@ mod tests {
         let mut bytes = vec![0u8; 16];
         bytes[..4].copy_from_slice(&64u32.to_ne_bytes());
         let got: Vec<_> = messages(&bytes).collect();
-        assert!(matches!(got[..], [Err(ParseError::BadLength { len: 64, .. })]));
+        assert!(matches!(
+            got[..],
+            [Err(ParseError::BadLength { len: 64, .. })]
+        ));
     }
 
     #[test]

@@ -109,7 +109,10 @@ fn check_refuses_set_without_timeout_flag() {
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
     let msg = setup_message(nft.check());
     assert!(msg.contains("flags timeout"), "{msg}");
-    assert!(msg.contains("nft delete set inet filter ftp6proxy6"), "{msg}");
+    assert!(
+        msg.contains("nft delete set inet filter ftp6proxy6"),
+        "{msg}"
+    );
     assert!(msg.contains(ADVICE6), "{msg}");
 }
 
@@ -121,7 +124,10 @@ fn check_refuses_set_with_wrong_key_type() {
     ns.nft("add set inet filter ftp6proxy4 { type ipv4_addr . inet_service; flags timeout; }");
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
     let msg = setup_message(nft.check());
-    assert!(msg.contains("ftp6proxy4 in table inet filter has key type"), "{msg}");
+    assert!(
+        msg.contains("ftp6proxy4 in table inet filter has key type"),
+        "{msg}"
+    );
     assert!(msg.contains(ADVICE4), "{msg}");
 }
 
@@ -129,13 +135,17 @@ fn check_refuses_set_with_wrong_key_type() {
 fn open_v6_adds_element_with_timeout_and_close_removes_it() {
     let ns = with_sets();
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
-    nft.apply(&open(spec6(50123), Duration::from_secs(30))).unwrap();
+    nft.apply(&open(spec6(50123), Duration::from_secs(30)))
+        .unwrap();
     let listed = ns.nft("list set inet filter ftp6proxy6");
     assert!(
         listed.contains("2001:db8::10 . 2001:db8::21 . 50123 timeout 30s"),
         "{listed}"
     );
-    assert!(listed.contains("comment \"ftp6proxy slot 64003\""), "{listed}");
+    assert!(
+        listed.contains("comment \"ftp6proxy slot 64003\""),
+        "{listed}"
+    );
     let close = FwAction::Close {
         slot: Slot(64003),
         spec: spec6(50123),
@@ -151,7 +161,8 @@ fn open_v6_adds_element_with_timeout_and_close_removes_it() {
 fn open_v4_adds_element_with_timeout_and_close_removes_it() {
     let ns = with_sets();
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
-    nft.apply(&open(spec4(40000), Duration::from_secs(30))).unwrap();
+    nft.apply(&open(spec4(40000), Duration::from_secs(30)))
+        .unwrap();
     let listed = ns.nft("list set inet filter ftp6proxy4");
     assert!(
         listed.contains("198.51.100.21 . 203.0.113.10 . 40000 timeout 30s"),
@@ -172,8 +183,10 @@ fn open_v4_adds_element_with_timeout_and_close_removes_it() {
 fn open_again_and_refresh_restart_the_timeout() {
     let ns = with_sets();
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
-    nft.apply(&open(spec6(50000), Duration::from_secs(20))).unwrap();
-    nft.apply(&open(spec6(50000), Duration::from_secs(40))).unwrap();
+    nft.apply(&open(spec6(50000), Duration::from_secs(20)))
+        .unwrap();
+    nft.apply(&open(spec6(50000), Duration::from_secs(40)))
+        .unwrap();
     let listed = ns.nft("list set inet filter ftp6proxy6");
     assert!(listed.contains("50000 timeout 40s"), "{listed}");
     nft.apply(&FwAction::Refresh {
@@ -206,8 +219,10 @@ fn wait_until_gone(ns: &Netns, set: &str, needle: &str) {
 fn element_with_short_ttl_expires_by_itself_v6_and_v4() {
     let ns = with_sets();
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
-    nft.apply(&open(spec6(51000), Duration::from_secs(1))).unwrap();
-    nft.apply(&open(spec4(51000), Duration::from_secs(1))).unwrap();
+    nft.apply(&open(spec6(51000), Duration::from_secs(1)))
+        .unwrap();
+    nft.apply(&open(spec4(51000), Duration::from_secs(1)))
+        .unwrap();
     assert!(ns.nft("list set inet filter ftp6proxy6").contains("51000"));
     wait_until_gone(&ns, "ftp6proxy6", "51000");
     wait_until_gone(&ns, "ftp6proxy4", "51000");
@@ -220,9 +235,12 @@ fn flush_owned_empties_both_sets_and_nothing_else() {
     ns.nft(&format!("add set inet filter other6 {SET6}"));
     ns.nft("add element inet filter other6 { 2001:db8::99 . 2001:db8::98 . 7000 timeout 1m }");
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
-    nft.apply(&open(spec6(52000), Duration::from_secs(60))).unwrap();
-    nft.apply(&open(spec6(52001), Duration::from_secs(60))).unwrap();
-    nft.apply(&open(spec4(52002), Duration::from_secs(60))).unwrap();
+    nft.apply(&open(spec6(52000), Duration::from_secs(60)))
+        .unwrap();
+    nft.apply(&open(spec6(52001), Duration::from_secs(60)))
+        .unwrap();
+    nft.apply(&open(spec4(52002), Duration::from_secs(60)))
+        .unwrap();
     assert_eq!(nft.flush_owned().unwrap(), 3);
     for set in ["ftp6proxy6", "ftp6proxy4"] {
         let listed = ns.nft(&format!("list set inet filter {set}"));
@@ -240,7 +258,10 @@ fn open_into_missing_set_is_refused_with_the_element_named() {
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
     match nft.apply(&open(spec6(53000), Duration::from_secs(2))) {
         Err(Error::Refused { what, detail }) => {
-            assert!(what.contains("2001:db8::10 . 2001:db8::21 . 53000"), "{what}");
+            assert!(
+                what.contains("2001:db8::10 . 2001:db8::21 . 53000"),
+                "{what}"
+            );
             assert!(detail.contains("--check"), "{detail}");
         }
         other => panic!("expected a refusal, got {other:?}"),

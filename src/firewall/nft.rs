@@ -114,7 +114,9 @@ pub const TYPE_IP6ADDR: u32 = 8;
 pub const TYPE_INET_SERVICE: u32 = 13;
 
 /// The key type id of `addr . addr . inet_service` for `family`, as `nft` stores it in
-/// `NFTA_SET_KEY_TYPE` (33293 for IPv6, 29133 for IPv4; both seen in `nft` 1.0.6 output).
+/// `NFTA_SET_KEY_TYPE` (33293 for IPv6, 29133 for IPv4). tests/netlink_nft.rs proves it:
+/// `check` compares exactly and passes on sets that `nft` 1.0.6 created with `type` and
+/// with `typeof`.
 pub const fn key_type(family: Family) -> u32 {
     let addr = match family {
         Family::V6 => TYPE_IP6ADDR,
@@ -325,8 +327,9 @@ pub struct Batch {
 /// Installs the hole, or restarts its timeout if it is already there, in one transaction:
 /// add (a no-op if present), delete, add with the new timeout. The first add makes the
 /// delete valid whether or not the element existed; the final add sets the timeout from
-/// now on every kernel (Linux 6.11+ would also update it in place, older ones keep the old
-/// timeout). Same as:
+/// now on every kernel. (Recent kernels, e.g. the 6.18 the tests run on, also update the
+/// timeout of an existing element on a plain add; older ones silently keep the old one,
+/// so we do not rely on it.) Same as:
 /// ```text
 /// nft -f - <<EOF
 /// add element inet filter ftp6proxy6 { SRC . DST . PORT timeout 2s comment "ftp6proxy slot N" }
@@ -341,9 +344,36 @@ pub fn build_open(cfg: &NftConfig, seq: u32, slot: Slot, spec: &HoleSpec, ttl: D
     let ms = Some(ttl_ms(ttl));
     let mut b = MsgBuilder::new();
     push_batch_marker(&mut b, NFNL_MSG_BATCH_BEGIN, seq);
-    push_elem_msg(&mut b, NFT_MSG_NEWSETELEM, seq + 1, cfg, &set, &key, ms, Some(&ud));
-    push_elem_msg(&mut b, NFT_MSG_DELSETELEM, seq + 2, cfg, &set, &key, None, None);
-    push_elem_msg(&mut b, NFT_MSG_NEWSETELEM, seq + 3, cfg, &set, &key, ms, Some(&ud));
+    push_elem_msg(
+        &mut b,
+        NFT_MSG_NEWSETELEM,
+        seq + 1,
+        cfg,
+        &set,
+        &key,
+        ms,
+        Some(&ud),
+    );
+    push_elem_msg(
+        &mut b,
+        NFT_MSG_DELSETELEM,
+        seq + 2,
+        cfg,
+        &set,
+        &key,
+        None,
+        None,
+    );
+    push_elem_msg(
+        &mut b,
+        NFT_MSG_NEWSETELEM,
+        seq + 3,
+        cfg,
+        &set,
+        &key,
+        ms,
+        Some(&ud),
+    );
     push_batch_marker(&mut b, NFNL_MSG_BATCH_END, seq + 4);
     Batch {
         bytes: b.finish(),
@@ -358,7 +388,16 @@ pub fn build_close(cfg: &NftConfig, seq: u32, spec: &HoleSpec) -> Batch {
     let key = element_key(spec);
     let mut b = MsgBuilder::new();
     push_batch_marker(&mut b, NFNL_MSG_BATCH_BEGIN, seq);
-    push_elem_msg(&mut b, NFT_MSG_DELSETELEM, seq + 1, cfg, &set, &key, None, None);
+    push_elem_msg(
+        &mut b,
+        NFT_MSG_DELSETELEM,
+        seq + 1,
+        cfg,
+        &set,
+        &key,
+        None,
+        None,
+    );
     push_batch_marker(&mut b, NFNL_MSG_BATCH_END, seq + 2);
     Batch {
         bytes: b.finish(),
@@ -639,9 +678,8 @@ impl Nft {
                 }
                 match msg.ty {
                     NLMSG_ERROR => {
-                        let errno = netlink::parse_error(msg.payload).map_err(|e| {
-                            io_err(io::Error::new(io::ErrorKind::InvalidData, e))
-                        })?;
+                        let errno = netlink::parse_error(msg.payload)
+                            .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
                         answers.errors.push((msg.seq, errno));
                         open.retain(|&s| s != msg.seq);
                         if Some(msg.seq) == abort_seq || errno == libc::ENOMEM {
@@ -936,7 +974,10 @@ mod tests {
         assert_eq!(msgs.len(), 5);
         // The first NEWSETELEM, byte for byte.
         let start = 20;
-        assert_eq!(&batch.bytes[start..start + NEWSETELEM_V4.len()], NEWSETELEM_V4);
+        assert_eq!(
+            &batch.bytes[start..start + NEWSETELEM_V4.len()],
+            NEWSETELEM_V4
+        );
         assert_eq!(batch.acks, vec![2, 3, 4]);
         assert_eq!(batch.begin_seq, 1);
     }
@@ -949,8 +990,14 @@ mod tests {
         let batch = build_close(&cfg(), 7, &spec6());
         let msgs: Vec<_> = messages(&batch.bytes).map(Result::unwrap).collect();
         assert_eq!(msgs.len(), 3);
-        assert_eq!((msgs[0].ty, msgs[0].seq, msgs[0].payload), (16, 7, &[0, 0, 0, 10][..]));
-        assert_eq!((msgs[2].ty, msgs[2].seq, msgs[2].payload), (17, 9, &[0, 0, 0, 10][..]));
+        assert_eq!(
+            (msgs[0].ty, msgs[0].seq, msgs[0].payload),
+            (16, 7, &[0, 0, 0, 10][..])
+        );
+        assert_eq!(
+            (msgs[2].ty, msgs[2].seq, msgs[2].payload),
+            (17, 9, &[0, 0, 0, 10][..])
+        );
         assert_eq!(msgs[1].ty, 0x0a0e);
         assert_eq!(msgs[1].flags, NLM_F_REQUEST | NLM_F_ACK);
         assert_eq!(batch.acks, vec![8]);
@@ -1000,8 +1047,8 @@ mod tests {
         );
     }
 
-    /// Values read back from the kernel for sets that `nft add set ... '{ type ... }'`
-    /// created (see tests/netlink_nft.rs).
+    /// The ids nft computes (concat_type_alloc); tests/netlink_nft.rs shows the kernel holds
+    /// exactly these for sets `nft` created.
     #[test]
     fn concatenated_key_type_ids() {
         assert_eq!(key_type(Family::V6), 33293);

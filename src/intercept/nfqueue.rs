@@ -129,10 +129,10 @@ pub enum PacketError {
 /// # Errors
 /// [`PacketError`] when the body is truncated or has no packet header.
 pub fn parse_packet_msg(payload: &[u8]) -> Result<PacketMsg<'_>, PacketError> {
-    let ((_family, _version, queue), body) = split_nfgenmsg(payload)?;
+    let (hdr, body) = split_nfgenmsg(payload)?;
     let mut id = None;
     let mut packet = PacketMsg {
-        queue,
+        queue: hdr.res_id,
         id: 0,
         payload: &[],
         skb_info: 0,
@@ -286,7 +286,9 @@ impl NfQueue {
             seq,
         ) {
             // Kernels before 3.10 know fail-open but not GSO, and refuse unknown flags.
-            log::debug!("nfqueue {queue_num}: flags fail-open+gso refused ({e}), retrying without gso");
+            log::debug!(
+                "nfqueue {queue_num}: flags fail-open+gso refused ({e}), retrying without gso"
+            );
             let seq = sock.next_seq();
             request(
                 &sock,
