@@ -8,3 +8,5 @@ pub mod cli;
 pub mod firewall;
 pub mod intercept;
 pub mod jail;
+#[cfg(target_os = "linux")]
+pub mod netlink;

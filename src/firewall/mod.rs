@@ -13,6 +13,8 @@ use ftp6proxy_core::FwAction;
 
 pub mod exec;
 pub mod ipfw;
+#[cfg(target_os = "linux")]
+pub mod nft;
 pub mod pf;
 
 /// Why a firewall operation failed.

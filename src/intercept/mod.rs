@@ -7,6 +7,8 @@
 #[cfg(target_os = "freebsd")]
 pub mod divert;
 pub mod divert_addr;
+#[cfg(target_os = "linux")]
+pub mod nfqueue;
 
 use std::io;
 use std::os::fd::AsRawFd;

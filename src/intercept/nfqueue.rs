@@ -1,0 +1,661 @@
+//! Linux NFQUEUE intercept over raw netlink (`NETLINK_NETFILTER`, subsystem
+//! `NFNL_SUBSYS_QUEUE`), without libnetfilter_queue.
+//!
+//! Owns one queue: binding it, reading `NFQNL_MSG_PACKET` messages and sending
+//! `NFQNL_MSG_VERDICT` with `NF_ACCEPT`. Parses nothing past what the kernel hands over
+//! (packet id, payload, skb info flags); the packet bytes go to the core untouched. A verdict
+//! never carries a payload attribute, so the kernel reinjects the packet exactly as it was
+//! queued (DESIGN.md invariant 1). Must not touch the firewall rules that queue the packets:
+//! the admin's `ip6tables/iptables -j NFQUEUE --queue-num N` (or nft `queue`) rule is theirs.
+//!
+//! Layouts and constants follow the uapi header `linux/netfilter/nfnetlink_queue.h`; the
+//! verdict code `NF_ACCEPT` is from `linux/netfilter.h`.
+
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::Intercept;
+use crate::netlink::{
+    self, attrs, messages, nfnl_type, split_nfgenmsg, MsgBuilder, ParseError, Socket,
+    NFNL_SUBSYS_NFTABLES, NFNL_SUBSYS_QUEUE, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_ACK,
+    NLM_F_REQUEST,
+};
+
+// enum nfqnl_msg_types
+/// `NFQNL_MSG_PACKET`: kernel → us, one queued packet.
+pub const NFQNL_MSG_PACKET: u8 = 0;
+/// `NFQNL_MSG_VERDICT`: us → kernel, what to do with a packet id.
+pub const NFQNL_MSG_VERDICT: u8 = 1;
+/// `NFQNL_MSG_CONFIG`: us → kernel, bind and configure a queue.
+pub const NFQNL_MSG_CONFIG: u8 = 2;
+
+// enum nfqnl_attr_type
+/// `NFQA_PACKET_HDR`: struct nfqnl_msg_packet_hdr { __be32 packet_id; __be16 hw_protocol;
+/// u8 hook; } (packed, 7 bytes).
+pub const NFQA_PACKET_HDR: u16 = 1;
+/// `NFQA_VERDICT_HDR`: struct nfqnl_msg_verdict_hdr { __be32 verdict; __be32 id; }.
+pub const NFQA_VERDICT_HDR: u16 = 2;
+/// `NFQA_PAYLOAD`: the packet from the IP header on (up to the copy range).
+pub const NFQA_PAYLOAD: u16 = 10;
+/// `NFQA_CAP_LEN`: the packet's real length when the payload was cut to the copy range.
+pub const NFQA_CAP_LEN: u16 = 13;
+/// `NFQA_SKB_INFO`: `NFQA_SKB_*` flags (__be32).
+pub const NFQA_SKB_INFO: u16 = 14;
+
+/// `NFQA_SKB_CSUMNOTREADY`: the checksum is not filled in yet (the packet was generated
+/// locally and checksum offload will compute it), so the TCP checksum in the payload is not
+/// meaningful.
+pub const NFQA_SKB_CSUMNOTREADY: u32 = 1 << 0;
+
+// enum nfqnl_msg_config_cmds
+/// `NFQNL_CFG_CMD_BIND`.
+pub const NFQNL_CFG_CMD_BIND: u8 = 1;
+/// `NFQNL_CFG_CMD_UNBIND`.
+pub const NFQNL_CFG_CMD_UNBIND: u8 = 2;
+/// `NFQNL_CFG_CMD_PF_BIND`: obsolete since Linux 3.8 (accepted and ignored), needed before.
+pub const NFQNL_CFG_CMD_PF_BIND: u8 = 3;
+/// `NFQNL_CFG_CMD_PF_UNBIND`: as above.
+pub const NFQNL_CFG_CMD_PF_UNBIND: u8 = 4;
+
+// enum nfqnl_attr_config
+/// `NFQA_CFG_CMD`: struct nfqnl_msg_config_cmd { u8 command; u8 _pad; __be16 pf; }.
+pub const NFQA_CFG_CMD: u16 = 1;
+/// `NFQA_CFG_PARAMS`: struct nfqnl_msg_config_params { __be32 copy_range; u8 copy_mode; }
+/// (packed, 5 bytes).
+pub const NFQA_CFG_PARAMS: u16 = 2;
+/// `NFQA_CFG_MASK`: which bits of `NFQA_CFG_FLAGS` to change (__be32); the kernel refuses
+/// flags without a mask.
+pub const NFQA_CFG_MASK: u16 = 4;
+/// `NFQA_CFG_FLAGS` (__be32).
+pub const NFQA_CFG_FLAGS: u16 = 5;
+
+/// `NFQNL_COPY_PACKET` (enum nfqnl_config_mode).
+pub const NFQNL_COPY_PACKET: u8 = 2;
+/// `NFQA_CFG_F_FAIL_OPEN`: when the queue or our socket buffer is full, the kernel accepts
+/// the packet instead of dropping it. A control packet we never saw may cost one data
+/// connection; a dropped one would stall the FTP session.
+pub const NFQA_CFG_F_FAIL_OPEN: u32 = 1 << 0;
+/// `NFQA_CFG_F_GSO`: queue GSO packets whole instead of having the kernel segment them
+/// first. Such packets may carry `NFQA_SKB_CSUMNOTREADY`.
+pub const NFQA_CFG_F_GSO: u32 = 1 << 2;
+
+/// `NF_ACCEPT` (linux/netfilter.h).
+pub const NF_ACCEPT: u32 = 1;
+
+/// The copy range we ask for: the whole packet up to 64 KiB.
+pub const COPY_RANGE: u32 = 0xffff;
+/// Receive buffer for the queue socket: bursts of control packets must not overflow it.
+pub const RCVBUF_BYTES: usize = 8 << 20;
+/// One datagram holds one packet of at most `COPY_RANGE` bytes plus a few hundred bytes of
+/// headers and attributes.
+const RECV_BUF_BYTES: usize = 0x1_0000 + 4096;
+
+/// One queued packet, as read from an `NFQNL_MSG_PACKET` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMsg<'a> {
+    /// The queue the packet came from (`nfgenmsg.res_id`).
+    pub queue: u16,
+    /// `packet_id` from `NFQA_PACKET_HDR`: what the verdict must name.
+    pub id: u32,
+    /// The layer-3 packet (`NFQA_PAYLOAD`); empty if the kernel sent none.
+    pub payload: &'a [u8],
+    /// `NFQA_SKB_INFO` flags, 0 when absent.
+    pub skb_info: u32,
+    /// `NFQA_CAP_LEN`: the packet's real length if `payload` was cut short.
+    pub cap_len: Option<u32>,
+}
+
+impl PacketMsg<'_> {
+    /// Whether the transport checksum in the payload is meaningful.
+    pub fn checksum_ready(&self) -> bool {
+        self.skb_info & NFQA_SKB_CSUMNOTREADY == 0
+    }
+}
+
+/// Why an `NFQNL_MSG_PACKET` could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// Occurs when the message or one of its attributes is cut short or inconsistent.
+    #[error("malformed nfqueue message: {0}")]
+    Malformed(#[from] ParseError),
+    /// Occurs when the message has no (or a short) `NFQA_PACKET_HDR`, so it names no packet.
+    #[error("nfqueue message without packet header")]
+    NoPacketHeader,
+}
+
+/// Parses the body of an `NFQNL_MSG_PACKET` message (nfgenmsg + attributes).
+///
+/// # Errors
+/// [`PacketError`] when the body is truncated or has no packet header.
+pub fn parse_packet_msg(payload: &[u8]) -> Result<PacketMsg<'_>, PacketError> {
+    let (hdr, body) = split_nfgenmsg(payload)?;
+    let mut id = None;
+    let mut packet = PacketMsg {
+        queue: hdr.res_id,
+        id: 0,
+        payload: &[],
+        skb_info: 0,
+        cap_len: None,
+    };
+    for attr in attrs(body) {
+        let attr = attr?;
+        match attr.ty {
+            NFQA_PACKET_HDR => id = attr.be_u32(),
+            NFQA_PAYLOAD => packet.payload = attr.data,
+            NFQA_SKB_INFO => packet.skb_info = attr.be_u32().unwrap_or(0),
+            NFQA_CAP_LEN => packet.cap_len = attr.be_u32(),
+            _ => {}
+        }
+    }
+    packet.id = id.ok_or(PacketError::NoPacketHeader)?;
+    Ok(packet)
+}
+
+/// Builds the verdict `NF_ACCEPT` for packet `id` on `queue`, without a payload attribute
+/// and without `NLM_F_ACK` (a verdict is fire-and-forget; errors still come back).
+///
+/// As libnetfilter_queue's `nfq_set_verdict(qh, id, NF_ACCEPT, 0, NULL)` would send it.
+pub fn build_verdict(queue: u16, id: u32, seq: u32) -> Vec<u8> {
+    let mut hdr = [0u8; 8];
+    hdr[..4].copy_from_slice(&NF_ACCEPT.to_be_bytes());
+    hdr[4..].copy_from_slice(&id.to_be_bytes());
+    let mut b = MsgBuilder::new();
+    b.begin(
+        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT),
+        NLM_F_REQUEST,
+        seq,
+        libc_af_unspec(),
+        queue,
+    )
+    .attr(NFQA_VERDICT_HDR, &hdr)
+    .end();
+    b.finish()
+}
+
+/// Builds an `NFQA_CFG_CMD` config message (`command` for protocol family `pf`) with ACK.
+pub fn build_config_cmd(queue: u16, command: u8, pf: u16, seq: u32) -> Vec<u8> {
+    let mut cmd = [0u8; 4];
+    cmd[0] = command;
+    cmd[2..].copy_from_slice(&pf.to_be_bytes());
+    let mut b = MsgBuilder::new();
+    b.begin(
+        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        libc_af_unspec(),
+        queue,
+    )
+    .attr(NFQA_CFG_CMD, &cmd)
+    .end();
+    b.finish()
+}
+
+/// Builds the config message that sets copy mode `NFQNL_COPY_PACKET` with `range` bytes and
+/// the queue `flags` (all bits in `flags` are also the mask).
+pub fn build_config_params(queue: u16, range: u32, flags: u32, seq: u32) -> Vec<u8> {
+    let mut params = [0u8; 5];
+    params[..4].copy_from_slice(&range.to_be_bytes());
+    params[4] = NFQNL_COPY_PACKET;
+    let mut b = MsgBuilder::new();
+    b.begin(
+        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        libc_af_unspec(),
+        queue,
+    )
+    .attr(NFQA_CFG_PARAMS, &params)
+    .attr_be_u32(NFQA_CFG_FLAGS, flags)
+    .attr_be_u32(NFQA_CFG_MASK, flags)
+    .end();
+    b.finish()
+}
+
+/// `AF_UNSPEC` as the nfgenmsg family byte (0; queue messages do not depend on it).
+const fn libc_af_unspec() -> u8 {
+    0
+}
+
+/// What [`NfQueue::recv`] keeps about the current packet.
+#[derive(Debug, Clone)]
+struct Current {
+    id: u32,
+    payload: Range<usize>,
+    checksum_ready: bool,
+}
+
+/// An NFQUEUE queue bound on a non-blocking netlink socket.
+///
+/// The admin's rule sends FTP control packets here, e.g.
+/// `ip6tables -A FORWARD -p tcp --dport 21 -j NFQUEUE --queue-num 10004` (and the same for
+/// `--sport 21` and for iptables).
+#[derive(Debug)]
+pub struct NfQueue {
+    sock: Socket,
+    queue: u16,
+    buf: Vec<u8>,
+    /// The received datagram is `buf[..len]`; the next message to parse starts at `next`.
+    len: usize,
+    next: usize,
+    current: Option<Current>,
+    enobufs: u64,
+    malformed: u64,
+}
+
+impl NfQueue {
+    /// Binds queue `queue_num`, asks for whole packets (copy range 0xffff), sets fail-open
+    /// (and GSO when the kernel knows it), enlarges the receive buffer and makes the socket
+    /// non-blocking.
+    ///
+    /// # Errors
+    /// With a message naming the likely cause: missing CAP_NET_ADMIN, another process
+    /// holding the queue, or a kernel without nfnetlink_queue.
+    pub fn open(queue_num: u16) -> io::Result<NfQueue> {
+        let mut sock = Socket::open().map_err(|e| {
+            annotate(
+                e,
+                "open NETLINK_NETFILTER socket (kernel without CONFIG_NETFILTER_NETLINK?)",
+            )
+        })?;
+        // Kernels before 3.8 need the protocol family bound to nfnetlink_queue once
+        // (unbind first in case another tool left a different handler); newer kernels
+        // accept and ignore both commands, so their answers do not matter.
+        for pf in [libc::AF_INET, libc::AF_INET6] {
+            let pf = u16::try_from(pf).expect("address family numbers are small");
+            for cmd in [NFQNL_CFG_CMD_PF_UNBIND, NFQNL_CFG_CMD_PF_BIND] {
+                let seq = sock.next_seq();
+                if let Err(e) = request(&sock, &build_config_cmd(queue_num, cmd, pf, seq), seq) {
+                    log::debug!("nfqueue pf command {cmd} for family {pf}: {e} (ignored)");
+                }
+            }
+        }
+        let seq = sock.next_seq();
+        if let Err(e) = request(
+            &sock,
+            &build_config_cmd(queue_num, NFQNL_CFG_CMD_BIND, 0, seq),
+            seq,
+        ) {
+            return Err(bind_error(&mut sock, queue_num, e));
+        }
+        let seq = sock.next_seq();
+        let flags = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO;
+        if let Err(e) = request(
+            &sock,
+            &build_config_params(queue_num, COPY_RANGE, flags, seq),
+            seq,
+        ) {
+            // Kernels before 3.10 know fail-open but not GSO, and refuse unknown flags.
+            log::debug!(
+                "nfqueue {queue_num}: flags fail-open+gso refused ({e}), retrying without gso"
+            );
+            let seq = sock.next_seq();
+            request(
+                &sock,
+                &build_config_params(queue_num, COPY_RANGE, NFQA_CFG_F_FAIL_OPEN, seq),
+                seq,
+            )
+            .map_err(|e| {
+                annotate(
+                    e,
+                    &format!("nfqueue {queue_num}: set copy mode and fail-open"),
+                )
+            })?;
+        }
+        if let Err(e) = sock.set_rcvbuf(RCVBUF_BYTES) {
+            log::warn!("nfqueue {queue_num}: cannot enlarge receive buffer: {e}");
+        }
+        sock.set_nonblocking()
+            .map_err(|e| annotate(e, "make nfqueue socket non-blocking"))?;
+        Ok(NfQueue {
+            sock,
+            queue: queue_num,
+            buf: vec![0; RECV_BUF_BYTES],
+            len: 0,
+            next: 0,
+            current: None,
+            enobufs: 0,
+            malformed: 0,
+        })
+    }
+
+    /// The queue number.
+    pub fn queue_num(&self) -> u16 {
+        self.queue
+    }
+
+    /// Whether the kernel had the checksum of the current packet ready. `false` means
+    /// `NFQA_SKB_CSUMNOTREADY`: a locally generated packet whose checksum offload has not
+    /// run yet, so its TCP checksum must not be checked. `true` when there is no current
+    /// packet.
+    pub fn current_checksum_ready(&self) -> bool {
+        self.current.as_ref().is_none_or(|c| c.checksum_ready)
+    }
+
+    /// How often the socket overflowed (ENOBUFS): each time, queued packets were accepted
+    /// without us seeing them (fail-open).
+    pub fn overflows(&self) -> u64 {
+        self.enobufs
+    }
+
+    /// How many messages could not be parsed and were skipped.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    fn verdict(&mut self, id: u32) -> io::Result<()> {
+        let seq = self.sock.next_seq();
+        self.sock.send(&build_verdict(self.queue, id, seq))
+    }
+
+    /// Finds the next packet message in the current datagram; returns its id, payload
+    /// range (within `buf`) and checksum flag.
+    fn next_in_datagram(&mut self) -> Option<Current> {
+        while self.next < self.len {
+            let rest = &self.buf[self.next..self.len];
+            let base = self.next;
+            let Some(msg) = messages(rest).next() else {
+                break;
+            };
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(e) => {
+                    self.malformed += 1;
+                    log::warn!("nfqueue {}: {e}; rest of datagram skipped", self.queue);
+                    self.next = self.len;
+                    break;
+                }
+            };
+            // Offset of this message's end: header + payload, then alignment.
+            let msg_len = netlink::NLMSG_HDRLEN + msg.payload.len();
+            self.next = (base + netlink::align4(msg_len)).min(self.len);
+            match msg.ty {
+                t if t == nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_PACKET) => {
+                    match parse_packet_msg(msg.payload) {
+                        Ok(p) => {
+                            let start = offset_in(&self.buf, p.payload);
+                            return Some(Current {
+                                id: p.id,
+                                payload: start..start + p.payload.len(),
+                                checksum_ready: p.checksum_ready(),
+                            });
+                        }
+                        Err(e) => {
+                            self.malformed += 1;
+                            log::warn!("nfqueue {}: {e}; message skipped", self.queue);
+                        }
+                    }
+                }
+                NLMSG_ERROR => match netlink::parse_error(msg.payload) {
+                    Ok(0) => {}
+                    Ok(errno) => log::warn!(
+                        "nfqueue {}: kernel refused a verdict: {}",
+                        self.queue,
+                        io::Error::from_raw_os_error(errno)
+                    ),
+                    Err(e) => {
+                        self.malformed += 1;
+                        log::warn!("nfqueue {}: {e}", self.queue);
+                    }
+                },
+                NLMSG_NOOP | NLMSG_DONE => {}
+                other => log::debug!("nfqueue {}: ignoring message type {other}", self.queue),
+            }
+        }
+        None
+    }
+}
+
+/// Where `part` (a sub-slice of `whole`) starts in `whole`.
+fn offset_in(whole: &[u8], part: &[u8]) -> usize {
+    (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize)
+}
+
+impl Intercept for NfQueue {
+    type Held = u32;
+
+    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+        self.current = None;
+        loop {
+            if let Some(current) = self.next_in_datagram() {
+                let range = current.payload.clone();
+                self.current = Some(current);
+                return Ok(Some(&self.buf[range]));
+            }
+            self.len = 0;
+            self.next = 0;
+            match self.sock.recv(&mut self.buf, true) {
+                Ok(n) => self.len = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    // The socket overflowed; fail-open made the kernel accept what it could
+                    // not queue. Nothing is lost on our side, so count it and read on.
+                    self.enobufs += 1;
+                    log::warn!(
+                        "nfqueue {}: receive buffer overflowed ({} times); packets passed unseen",
+                        self.queue,
+                        self.enobufs
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.malformed += 1;
+                    log::warn!("nfqueue {}: {e}; skipped", self.queue);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn pass_current(&mut self) -> io::Result<()> {
+        match self.current.take() {
+            Some(current) => self.verdict(current.id),
+            None => Ok(()),
+        }
+    }
+
+    /// # Panics
+    /// If there is no current packet: the loop holds only a packet it just received.
+    fn hold_current(&mut self) -> u32 {
+        self.current
+            .take()
+            .expect("hold_current follows a recv that returned a packet")
+            .id
+    }
+
+    fn pass_held(&mut self, held: u32) -> io::Result<()> {
+        self.verdict(held)
+    }
+}
+
+impl AsRawFd for NfQueue {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+/// Sends one request with `NLM_F_ACK` and reads the kernel's answer to `seq` (the socket is
+/// still blocking here, and the kernel answers config requests before `sendto` returns).
+fn request(sock: &Socket, bytes: &[u8], seq: u32) -> io::Result<()> {
+    sock.send(bytes)?;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = sock.recv(&mut buf, true)?;
+        for msg in messages(&buf[..n]) {
+            let msg = msg.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if msg.ty == NLMSG_ERROR && msg.seq == seq {
+                let errno = netlink::parse_error(msg.payload)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                return if errno == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(errno))
+                };
+            }
+        }
+    }
+}
+
+/// Explains a failed `NFQNL_CFG_CMD_BIND`.
+///
+/// The kernel answers EPERM both when we lack CAP_NET_ADMIN (nfnetlink_rcv) and when another
+/// socket owns the queue (nfqnl_recv_config). A `NFT_MSG_GETGEN` request tells them apart: it
+/// passes the same capability check and touches no queue.
+fn bind_error(sock: &mut Socket, queue: u16, err: io::Error) -> io::Error {
+    match err.raw_os_error() {
+        Some(libc::EPERM) => {
+            let seq = sock.next_seq();
+            let mut b = MsgBuilder::new();
+            // NFT_MSG_GETGEN = 16 (nf_tables.h)
+            b.begin(
+                nfnl_type(NFNL_SUBSYS_NFTABLES, 16),
+                NLM_F_REQUEST | NLM_F_ACK,
+                seq,
+                0,
+                0,
+            )
+            .end();
+            let capable = !matches!(
+                request(sock, &b.finish(), seq).map_err(|e| e.raw_os_error()),
+                Err(Some(libc::EPERM))
+            );
+            if capable {
+                annotate(
+                    err,
+                    &format!("bind nfqueue {queue}: another process holds queue {queue}"),
+                )
+            } else {
+                annotate(err, &format!("bind nfqueue {queue}: needs CAP_NET_ADMIN"))
+            }
+        }
+        Some(libc::EBUSY) => annotate(
+            err,
+            &format!("bind nfqueue {queue}: this socket already holds queue {queue}"),
+        ),
+        Some(libc::ENOENT | libc::EOPNOTSUPP | libc::EPROTONOSUPPORT) => annotate(
+            err,
+            &format!("bind nfqueue {queue}: kernel without nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE)"),
+        ),
+        _ => annotate(err, &format!("bind nfqueue {queue}")),
+    }
+}
+
+fn annotate(err: io::Error, context: &str) -> io::Error {
+    io::Error::new(err.kind(), format!("{context}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `NFQNL_MSG_VERDICT` for packet id 0x01020304 on queue 10004, seq 9, as
+    /// libnetfilter_queue lays it out: 32-byte message, nfgenmsg {AF_UNSPEC, 0, be16 queue},
+    /// one 12-byte NFQA_VERDICT_HDR {be32 NF_ACCEPT, be32 id}. Header fields in host order
+    /// (little-endian on the machines this runs on).
+    #[cfg(target_endian = "little")]
+    const VERDICT_10004_ID_01020304: [u8; 32] = [
+        32, 0, 0, 0, // nlmsg_len
+        0x01, 0x03, // nlmsg_type = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT
+        0x01, 0x00, // NLM_F_REQUEST
+        9, 0, 0, 0, // seq
+        0, 0, 0, 0, // pid
+        0, 0, 0x27, 0x14, // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 10004
+        12, 0, 2, 0, // nlattr len 12, NFQA_VERDICT_HDR
+        0, 0, 0, 1, // NF_ACCEPT
+        1, 2, 3, 4, // packet id
+    ];
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn verdict_is_accept_with_id_and_no_payload() {
+        assert_eq!(
+            build_verdict(10004, 0x0102_0304, 9),
+            VERDICT_10004_ID_01020304
+        );
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn bind_command_layout() {
+        let bytes = build_config_cmd(7, NFQNL_CFG_CMD_BIND, 0, 1);
+        assert_eq!(
+            bytes,
+            [
+                28, 0, 0, 0, 0x02, 0x03, 0x05, 0x00, 1, 0, 0, 0, 0, 0, 0, 0, // nlmsghdr
+                0, 0, 0, 7, // nfgenmsg, queue 7
+                8, 0, 1, 0, // NFQA_CFG_CMD
+                1, 0, 0, 0, // BIND, pad, pf 0
+            ]
+        );
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn params_carry_copy_range_mode_flags_and_mask() {
+        let bytes = build_config_params(7, 0xffff, NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO, 1);
+        assert_eq!(
+            &bytes[20..],
+            &[
+                9, 0, 2, 0, 0, 0, 0xff, 0xff, 2, 0, 0, 0, // NFQA_CFG_PARAMS, padded
+                8, 0, 5, 0, 0, 0, 0, 5, // NFQA_CFG_FLAGS
+                8, 0, 4, 0, 0, 0, 0, 5, // NFQA_CFG_MASK
+            ]
+        );
+        assert_eq!(bytes.len(), 48);
+    }
+
+    /// Body of an `NFQNL_MSG_PACKET` (after nlmsghdr) shaped like what Linux 6.18 sends for
+    /// a locally generated SYN: nfgenmsg, NFQA_PACKET_HDR, NFQA_SKB_INFO with
+    /// CSUMNOTREADY, NFQA_PAYLOAD with a 5-byte stand-in payload.
+    #[cfg(target_endian = "little")]
+    const PACKET_BODY: [u8; 44] = [
+        10, 0, 0x27, 0x14, // nfgenmsg: AF_INET6, v0, queue 10004
+        11, 0, 1, 0, 0, 0, 0, 42, 0x86, 0xdd, 3, 0, // PACKET_HDR id 42, ETH_P_IPV6, hook 3
+        8, 0, 14, 0, 0, 0, 0, 1, // SKB_INFO = CSUMNOTREADY
+        8, 0, 13, 0, 0, 0, 0, 60, // CAP_LEN 60
+        9, 0, 10, 0, 0x60, 0, 0, 0, 0, 0, 0, 0, // PAYLOAD 5 bytes + pad
+    ];
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn packet_message_yields_id_payload_and_flags() {
+        let p = parse_packet_msg(&PACKET_BODY).unwrap();
+        assert_eq!(p.queue, 10004);
+        assert_eq!(p.id, 42);
+        assert_eq!(p.payload, &[0x60, 0, 0, 0, 0]);
+        assert_eq!(p.skb_info, NFQA_SKB_CSUMNOTREADY);
+        assert!(!p.checksum_ready());
+        assert_eq!(p.cap_len, Some(60));
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn every_truncation_of_a_packet_message_is_an_error_or_shorter_packet() {
+        for end in 0..PACKET_BODY.len() {
+            match parse_packet_msg(&PACKET_BODY[..end]) {
+                Err(_) => {}
+                Ok(p) => assert!(p.payload.len() <= 5, "cut at {end}"),
+            }
+        }
+    }
+
+    #[test]
+    fn packet_message_without_header_is_refused() {
+        let body = [2, 0, 0, 1, 8, 0, 10, 0, 0x45, 0, 0, 20];
+        assert_eq!(parse_packet_msg(&body), Err(PacketError::NoPacketHeader));
+    }
+
+    #[test]
+    fn short_packet_header_is_refused() {
+        let body = [2, 0, 0, 1, 6, 0, 1, 0, 0, 0, 0, 0];
+        assert_eq!(parse_packet_msg(&body), Err(PacketError::NoPacketHeader));
+    }
+
+    #[test]
+    fn missing_nfgenmsg_is_malformed() {
+        assert!(matches!(
+            parse_packet_msg(&[2, 0]),
+            Err(PacketError::Malformed(ParseError::Truncated { .. }))
+        ));
+    }
+}

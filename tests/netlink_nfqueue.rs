@@ -1,0 +1,200 @@
+//! The NFQUEUE intercept against the real kernel, each test in its own network namespace.
+//!
+//! Needs root. A local TCP connection to port 2121 is queued by an `ip6tables`/`iptables`
+//! `-j NFQUEUE` rule on OUTPUT (this kernel has no native nft `queue`); the test reads the
+//! SYN through [`NfQueue`] and passes it. The connection completing proves that an ACCEPT
+//! verdict without payload reinjects the packet unchanged.
+#![cfg(target_os = "linux")]
+
+#[path = "netlink_common.rs"]
+mod common;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::Netns;
+use ftp6proxy::intercept::nfqueue::NfQueue;
+use ftp6proxy::intercept::Intercept;
+
+const PORT: u16 = 2121;
+const LIMIT: Duration = Duration::from_secs(5);
+
+/// Queue numbers differ per test so a failure in one cannot look like "queue busy" in
+/// another (queues are per namespace anyway).
+static NEXT_QUEUE: AtomicU16 = AtomicU16::new(4100);
+
+/// A namespace with 2001:db8::1/64 and 192.0.2.1/24 on lo and OUTPUT to port
+/// 2121 queued to a fresh queue number.
+fn setup() -> (Netns, u16) {
+    let ns = Netns::enter();
+    // This kernel has no dummy driver; lo (up since Netns::enter) carries the addresses.
+    ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "lo", "nodad"]);
+    ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "lo"]);
+    let queue = NEXT_QUEUE.fetch_add(1, Ordering::Relaxed);
+    let q = queue.to_string();
+    let port = PORT.to_string();
+    for tool in ["ip6tables", "iptables"] {
+        ns.exec(&[
+            tool,
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &q,
+        ]);
+    }
+    (ns, queue)
+}
+
+/// Connects from another thread (which inherits the namespace of the thread that spawns it).
+fn connect_in_background(addr: SocketAddr) -> JoinHandle<std::io::Result<TcpStream>> {
+    std::thread::spawn(move || TcpStream::connect_timeout(&addr, LIMIT))
+}
+
+/// Waits (bounded) for the next queued packet and returns a copy of it.
+fn next_packet(q: &mut NfQueue) -> Vec<u8> {
+    let start = Instant::now();
+    loop {
+        if let Some(bytes) = q.recv().expect("recv from nfqueue") {
+            return bytes.to_vec();
+        }
+        assert!(start.elapsed() < LIMIT, "no packet queued within 5 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Offset of the TCP header: 40 for IPv6 without extension headers, IHL*4 for IPv4.
+fn tcp_offset(packet: &[u8]) -> usize {
+    match packet[0] >> 4 {
+        6 => {
+            assert_eq!(packet[6], 6, "next header is TCP");
+            40
+        }
+        4 => {
+            assert_eq!(packet[9], 6, "protocol is TCP");
+            usize::from(packet[0] & 0x0f) * 4
+        }
+        v => panic!("IP version {v}"),
+    }
+}
+
+fn assert_syn_to_port(packet: &[u8], version: u8) {
+    assert_eq!(packet[0] >> 4, version, "IP version nibble");
+    let tcp = tcp_offset(packet);
+    assert_eq!(u16::from_be_bytes([packet[tcp + 2], packet[tcp + 3]]), PORT);
+    let flags = packet[tcp + 13];
+    assert_eq!(flags & 0x12, 0x02, "SYN without ACK, flags {flags:#x}");
+}
+
+/// Passes every queued packet until the listener accepts (the handshake's last ACK is
+/// queued too), bounded by 5 s.
+fn pump_until_accepted(q: &mut NfQueue, listener: &TcpListener) {
+    listener.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    loop {
+        while q.recv().expect("recv from nfqueue").is_some() {
+            q.pass_current().expect("pass");
+        }
+        match listener.accept() {
+            Ok(_) => return,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "connection not accepted within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn syn_is_queued_and_passed_unchanged(addr: &str, version: u8) {
+    let (_ns, queue) = setup();
+    let addr: SocketAddr = addr.parse().unwrap();
+    let listener = TcpListener::bind(addr).unwrap();
+    let mut q = NfQueue::open(queue).unwrap();
+    assert_eq!(q.queue_num(), queue);
+    let client = connect_in_background(addr);
+    let syn = next_packet(&mut q);
+    assert_syn_to_port(&syn, version);
+    // A locally generated packet leaves its checksum to offload (lo advertises it), and
+    // with NFQA_CFG_F_GSO the kernel queues it as is and says so in NFQA_SKB_INFO.
+    assert!(
+        !q.current_checksum_ready(),
+        "local SYN should be marked NFQA_SKB_CSUMNOTREADY"
+    );
+    q.pass_current().unwrap();
+    pump_until_accepted(&mut q, &listener);
+    client
+        .join()
+        .unwrap()
+        .expect("connect completes after ACCEPT");
+    assert_eq!(q.overflows(), 0);
+    assert_eq!(q.malformed(), 0);
+}
+
+#[test]
+fn v6_syn_is_queued_and_passed_unchanged() {
+    syn_is_queued_and_passed_unchanged("[2001:db8::1]:2121", 6);
+}
+
+#[test]
+fn v4_syn_is_queued_and_passed_unchanged() {
+    syn_is_queued_and_passed_unchanged("192.0.2.1:2121", 4);
+}
+
+/// A held packet stays in the kernel until its verdict; the connection cannot complete
+/// meanwhile (a SYN retransmission would be queued, not passed), and does after pass_held.
+#[test]
+fn held_packet_is_passed_later() {
+    let (_ns, queue) = setup();
+    let addr: SocketAddr = "[2001:db8::1]:2121".parse().unwrap();
+    let listener = TcpListener::bind(addr).unwrap();
+    let mut q = NfQueue::open(queue).unwrap();
+    let client = connect_in_background(addr);
+    let syn = next_packet(&mut q);
+    assert_syn_to_port(&syn, 6);
+    let held = q.hold_current();
+    // Nothing to pass now: pass_current without a current packet does nothing.
+    q.pass_current().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !client.is_finished(),
+        "connect finished while its SYN was held"
+    );
+    q.pass_held(held).unwrap();
+    pump_until_accepted(&mut q, &listener);
+    client
+        .join()
+        .unwrap()
+        .expect("connect completes after pass_held");
+}
+
+#[test]
+fn nothing_waiting_is_none() {
+    let (_ns, queue) = setup();
+    let mut q = NfQueue::open(queue).unwrap();
+    assert!(q.recv().unwrap().is_none());
+    assert!(q.current_checksum_ready());
+}
+
+/// A second process-level user of the same queue gets an error that says so.
+#[test]
+fn second_binding_of_a_queue_is_refused_clearly() {
+    let (_ns, queue) = setup();
+    let _first = NfQueue::open(queue).unwrap();
+    let err = NfQueue::open(queue).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("another process holds queue {queue}")),
+        "{msg}"
+    );
+}
