@@ -66,7 +66,7 @@ pub struct IpfwConfig {
     /// Dummynet queue for the data connections (`-q N`), see the module docs.
     pub queue: Option<u16>,
     /// Start even when `net.inet.ip.fw.dyn_keep_states` is 0: closing a hole will then cut
-    /// any data connection still running through it (CLI: `--ipfw-no-keep-states-ok`).
+    /// any data connection still running through it (CLI: `--ipfw-allow-state-loss`).
     pub allow_dyn_drop: bool,
     /// The comment that marks our rules (default [`DEFAULT_TAG`]).
     pub tag: String,
@@ -392,7 +392,7 @@ impl Firewall for Ipfw {
                 "{SYSCTL_KEEP_STATES} is {}, so deleting a hole's rule after -t seconds \
                  would also kill the data connection's dynamic state. Run \
                  `sysctl {SYSCTL_KEEP_STATES}=1` and add `{SYSCTL_KEEP_STATES}=1` to \
-                 /etc/sysctl.conf (or start with --ipfw-no-keep-states-ok if transfers \
+                 /etc/sysctl.conf (or start with --ipfw-allow-state-loss if transfers \
                  never outlive -t)",
                 keep.as_deref()
                     .unwrap_or("missing (kernel older than FreeBSD 11.2?)")
