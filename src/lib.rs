@@ -5,6 +5,7 @@
 //! the event loop, privilege separation and process plumbing ([`daemon`]).
 
 pub mod cli;
+pub mod daemon;
 pub mod firewall;
 pub mod intercept;
 pub mod jail;

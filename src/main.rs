@@ -1,1 +1,27 @@
-fn main() {}
+//! `ftp6proxy`: parse the command line, run the daemon, map the outcome to an exit status
+//! (0 ok, 1 failure, 64 usage — sysexits(3)).
+
+use ftp6proxy::cli::{self, Parsed, EX_USAGE};
+
+fn main() {
+    let settings = match cli::parse(std::env::args_os()) {
+        Parsed::Run(settings) => settings,
+        Parsed::Print(text) => {
+            print!("{text}");
+            std::process::exit(0);
+        }
+        Parsed::Usage(line) => {
+            eprintln!("{line}");
+            std::process::exit(EX_USAGE);
+        }
+    };
+    match ftp6proxy::daemon::run(&settings) {
+        Ok(code) => std::process::exit(code),
+        Err(error) => {
+            let line = format!("{error:#}");
+            log::error!("{line}");
+            eprintln!("ftp6proxy: {line}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -63,8 +63,8 @@ fn connect_in_background(addr: SocketAddr) -> JoinHandle<std::io::Result<TcpStre
 fn next_packet(q: &mut NfQueue) -> Vec<u8> {
     let start = Instant::now();
     loop {
-        if let Some(bytes) = q.recv().expect("recv from nfqueue") {
-            return bytes.to_vec();
+        if let Some(packet) = q.recv().expect("recv from nfqueue") {
+            return packet.bytes.to_vec();
         }
         assert!(start.elapsed() < LIMIT, "no packet queued within 5 s");
         std::thread::sleep(Duration::from_millis(10));

@@ -137,9 +137,18 @@ impl Request {
     /// [`Invalid::Malformed`].
     pub fn decode(bytes: &[u8]) -> Result<Request, Invalid> {
         let bytes: &[u8; REQUEST_LEN] = bytes.try_into().map_err(|_| Invalid::Malformed)?;
-        let be16 = |r: std::ops::Range<usize>| u16::from_be_bytes([bytes[r.start], bytes[r.start + 1]]);
-        let id = u32::from_be_bytes(bytes[field::ID].try_into().map_err(|_| Invalid::Malformed)?);
-        let ttl_ms = u32::from_be_bytes(bytes[field::TTL].try_into().map_err(|_| Invalid::Malformed)?);
+        let be16 =
+            |r: std::ops::Range<usize>| u16::from_be_bytes([bytes[r.start], bytes[r.start + 1]]);
+        let id = u32::from_be_bytes(
+            bytes[field::ID]
+                .try_into()
+                .map_err(|_| Invalid::Malformed)?,
+        );
+        let ttl_ms = u32::from_be_bytes(
+            bytes[field::TTL]
+                .try_into()
+                .map_err(|_| Invalid::Malformed)?,
+        );
         let family = bytes[field::FAMILY];
         let src = get_addr(&bytes[field::SRC], family).ok_or(Invalid::Malformed)?;
         let dst = get_addr(&bytes[field::DST], family).ok_or(Invalid::Malformed)?;
@@ -217,8 +226,10 @@ pub struct Validator {
 }
 
 fn usable(addr: IpAddr) -> bool {
-    !(addr.is_unspecified() || addr.is_multicast() || addr.is_loopback())
-        && !matches!(addr, IpAddr::V4(a) if a.is_broadcast())
+    !(addr.is_unspecified()
+        || addr.is_multicast()
+        || addr.is_loopback()
+        || matches!(addr, IpAddr::V4(a) if a.is_broadcast()))
 }
 
 impl Validator {
@@ -353,38 +364,78 @@ mod tests {
         }
         .encode();
         assert_eq!(Request::decode(&good[..47]), Err(Invalid::Malformed));
-        for (index, value) in [(field::OP, 9), (field::FAMILY, 5), (field::MODE, 2), (field::ZERO, 1)] {
+        for (index, value) in [
+            (field::OP, 9),
+            (field::FAMILY, 5),
+            (field::MODE, 2),
+            (field::ZERO, 1),
+        ] {
             let mut bad = good;
             bad[index] = value;
-            assert_eq!(Request::decode(&bad), Err(Invalid::Malformed), "byte {index}");
+            assert_eq!(
+                Request::decode(&bad),
+                Err(Invalid::Malformed),
+                "byte {index}"
+            );
         }
         // Garbage after an IPv4 address.
         let mut bad = good;
         bad[field::SRC.start + 5] = 1;
         assert_eq!(Request::decode(&bad), Err(Invalid::Malformed));
-        assert_eq!(Response::decode(&[0, 0, 0, 1, 2, 0, 0, 0]), Err(Invalid::Malformed));
+        assert_eq!(
+            Response::decode(&[0, 0, 0, 1, 2, 0, 0, 0]),
+            Err(Invalid::Malformed)
+        );
     }
 
     #[test]
     fn validator_keeps_requests_inside_the_configuration() {
         let mut v = Validator::new(64000, 10, Duration::from_secs(2));
-        assert_eq!(v.check(&open(63999, spec6())), Err(Invalid::SlotOutOfRange(63999)));
-        assert_eq!(v.check(&open(64010, spec6())), Err(Invalid::SlotOutOfRange(64010)));
-        let low = HoleSpec { dport: 80, ..spec6() };
+        assert_eq!(
+            v.check(&open(63999, spec6())),
+            Err(Invalid::SlotOutOfRange(63999))
+        );
+        assert_eq!(
+            v.check(&open(64010, spec6())),
+            Err(Invalid::SlotOutOfRange(64010))
+        );
+        let low = HoleSpec {
+            dport: 80,
+            ..spec6()
+        };
         assert_eq!(v.check(&open(64000, low)), Err(Invalid::LowPort(80)));
-        let same = HoleSpec { dst: spec6().src, ..spec6() };
+        let same = HoleSpec {
+            dst: spec6().src,
+            ..spec6()
+        };
         assert_eq!(v.check(&open(64000, same)), Err(Invalid::BadAddress));
-        let multicast = HoleSpec { dst: "ff02::1".parse().unwrap(), ..spec6() };
+        let multicast = HoleSpec {
+            dst: "ff02::1".parse().unwrap(),
+            ..spec6()
+        };
         assert_eq!(v.check(&open(64000, multicast)), Err(Invalid::BadAddress));
-        let long = FwAction::Open { slot: Slot(64000), spec: spec6(), ttl: Duration::from_secs(3) };
+        let long = FwAction::Open {
+            slot: Slot(64000),
+            spec: spec6(),
+            ttl: Duration::from_secs(3),
+        };
         assert!(matches!(v.check(&long), Err(Invalid::TtlTooLong(_))));
         // Close and refresh only what was opened, with the same hole.
-        let close = FwAction::Close { slot: Slot(64000), spec: spec6() };
+        let close = FwAction::Close {
+            slot: Slot(64000),
+            spec: spec6(),
+        };
         assert_eq!(v.check(&close), Err(Invalid::NotOurs(64000)));
         assert_eq!(v.check(&open(64000, spec6())), Ok(()));
         v.applied(&open(64000, spec6()), true);
-        assert_eq!(v.check(&open(64000, spec4())), Err(Invalid::SlotBusy(64000)));
-        let wrong = FwAction::Close { slot: Slot(64000), spec: spec4() };
+        assert_eq!(
+            v.check(&open(64000, spec4())),
+            Err(Invalid::SlotBusy(64000))
+        );
+        let wrong = FwAction::Close {
+            slot: Slot(64000),
+            spec: spec4(),
+        };
         assert_eq!(v.check(&wrong), Err(Invalid::NotOurs(64000)));
         assert_eq!(v.check(&close), Ok(()));
         assert_eq!(v.open_holes(), vec![close]);

@@ -21,7 +21,8 @@ use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::divert_addr::{self, Direction, DirectionHint, DivertAddr, SOCKADDR_IN_LEN};
-use super::Intercept;
+use super::{Intercept, Packet};
+use ftp6proxy_core::engine::Checksum;
 
 /// `PF_DIVERT` from FreeBSD 14's `sys/socket.h` (`#define AF_DIVERT 44`); not in the libc
 /// crate.
@@ -224,7 +225,7 @@ impl AsRawFd for Divert {
 impl Intercept for Divert {
     type Held = DivertHeld;
 
-    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+    fn recv(&mut self) -> io::Result<Option<Packet<'_>>> {
         self.current = None;
         // SAFETY: sockaddr_in is plain old data; zero is a valid value.
         let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
@@ -268,7 +269,11 @@ impl Intercept for Divert {
             direction,
             addr,
         });
-        Ok(self.buf.get(..len))
+        // divert(4) completes delayed checksums before handing a packet over.
+        Ok(self.buf.get(..len).map(|bytes| Packet {
+            bytes,
+            checksum: Checksum::Verify,
+        }))
     }
 
     fn pass_current(&mut self) -> io::Result<()> {

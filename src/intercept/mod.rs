@@ -13,6 +13,18 @@ pub mod nfqueue;
 use std::io;
 use std::os::fd::AsRawFd;
 
+use ftp6proxy_core::engine::Checksum;
+
+/// One intercepted packet, borrowed from the backend's receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet<'a> {
+    /// The packet, starting at the IP header.
+    pub bytes: &'a [u8],
+    /// Whether its TCP checksum is filled in. Linux hands over locally sent packets before
+    /// checksum offload has filled it in; divert(4) completes it before handing it over.
+    pub checksum: Checksum,
+}
+
 /// A source of intercepted packets, registered in the event loop by its fd.
 ///
 /// One packet at a time is *current*: the one [`Intercept::recv`] returned last. The loop
@@ -21,12 +33,12 @@ pub trait Intercept: AsRawFd {
     /// What must be kept of a held packet to pass it on later.
     type Held;
 
-    /// Reads the next waiting packet and returns its bytes (starting at the IP header), or
-    /// `None` when nothing is waiting (the fd is non-blocking).
+    /// Reads the next waiting packet, or `None` when nothing is waiting (the fd is
+    /// non-blocking).
     ///
     /// # Errors
     /// A socket error other than "would block".
-    fn recv(&mut self) -> io::Result<Option<&[u8]>>;
+    fn recv(&mut self) -> io::Result<Option<Packet<'_>>>;
 
     /// Passes the current packet on, unchanged.
     ///

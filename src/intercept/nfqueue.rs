@@ -15,12 +15,13 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::Intercept;
+use super::{Intercept, Packet};
 use crate::netlink::{
     self, attrs, messages, nfnl_type, split_nfgenmsg, MsgBuilder, ParseError, Socket,
     NFNL_SUBSYS_NFTABLES, NFNL_SUBSYS_QUEUE, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_ACK,
     NLM_F_REQUEST,
 };
+use ftp6proxy_core::engine::Checksum;
 
 // enum nfqnl_msg_types
 /// `NFQNL_MSG_PACKET`: kernel → us, one queued packet.
@@ -414,13 +415,21 @@ fn offset_in(whole: &[u8], part: &[u8]) -> usize {
 impl Intercept for NfQueue {
     type Held = u32;
 
-    fn recv(&mut self) -> io::Result<Option<&[u8]>> {
+    fn recv(&mut self) -> io::Result<Option<Packet<'_>>> {
         self.current = None;
         loop {
             if let Some(current) = self.next_in_datagram() {
                 let range = current.payload.clone();
+                let checksum = if current.checksum_ready {
+                    Checksum::Verify
+                } else {
+                    Checksum::NotReady
+                };
                 self.current = Some(current);
-                return Ok(Some(&self.buf[range]));
+                return Ok(Some(Packet {
+                    bytes: &self.buf[range],
+                    checksum,
+                }));
             }
             self.len = 0;
             self.next = 0;

@@ -1,0 +1,165 @@
+//! Daemon plumbing: the order in which ftp6proxy comes up, splits in two, and goes down.
+//!
+//! Startup follows OpenBSD ftp-proxy's `main`: validate options (done in `cli`), enter the
+//! jail or network namespace (`-j`) before anything is opened, open and check the firewall,
+//! remove what a crashed predecessor left, open the intercept socket, lock the pidfile,
+//! detach, then fork: the child becomes the unprivileged [`worker`] (chroot, privilege
+//! drop, Capsicum on FreeBSD) and the parent stays the privileged [`monitor`], which alone
+//! talks to the firewall. Owns process-level concerns only; no packet or FTP logic.
+
+pub mod logging;
+pub mod monitor;
+pub mod pidfile;
+pub mod privdrop;
+pub mod privsep;
+pub mod signals;
+pub mod worker;
+
+mod platform;
+
+use std::os::fd::OwnedFd;
+
+use anyhow::Context;
+use ftp6proxy_core::Engine;
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::unistd::{fork, ForkResult};
+
+use crate::cli::{Foreground, Settings};
+use crate::firewall::Firewall;
+use pidfile::Pidfile;
+use privsep::Validator;
+use signals::SignalPipe;
+use worker::{Exit, Worker};
+
+/// Runs the daemon; returns the process exit status.
+///
+/// # Errors
+/// Startup failures, each with the step that failed.
+pub fn run(settings: &Settings) -> anyhow::Result<i32> {
+    logging::init(settings.foreground, settings.facility);
+    if let Some(target) = &settings.target {
+        platform::enter_target(target)?;
+    }
+    let mut firewall = platform::open_firewall(settings)?;
+    firewall.check().context("firewall check")?;
+    if settings.check {
+        return check_only(settings);
+    }
+    let removed = firewall
+        .flush_owned()
+        .context("remove holes left by an earlier run")?;
+    if removed > 0 {
+        log::info!("removed {removed} holes left by an earlier run");
+    }
+    let intercept = platform::open_intercept(settings)?;
+    let mut pidfile = match settings.foreground {
+        Foreground::No => Some(Pidfile::lock(&settings.pidfile)?),
+        Foreground::Yes | Foreground::Debug => None,
+    };
+    if settings.foreground == Foreground::No {
+        nix::unistd::daemon(false, false).context("detach (daemon(3))")?;
+    }
+    if let Some(pidfile) = pidfile.as_mut() {
+        pidfile.write_pid()?;
+    }
+    log::info!("{}", describe(settings));
+    let (monitor_end, worker_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("socketpair for the worker")?;
+    // Resolve the worker's identity while the password database is still reachable.
+    let identity = privdrop::resolve(settings.user.as_deref())?;
+    // SAFETY: single-threaded at this point; the child only continues with its own code.
+    match unsafe { fork() }.context("fork the worker")? {
+        ForkResult::Child => {
+            drop(monitor_end);
+            drop(firewall);
+            let code = match run_worker(settings, intercept, worker_end, &identity) {
+                Ok(Exit::Terminated) => 0,
+                Ok(Exit::MonitorGone) => 1,
+                Err(e) => {
+                    log::error!("worker: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => {
+            drop(worker_end);
+            drop(intercept);
+            let signals = SignalPipe::install().context("signal handlers")?;
+            let validator = Validator::new(
+                settings.engine.base,
+                settings.engine.count,
+                settings.engine.ttl,
+            );
+            let code = monitor::run(firewall.as_mut(), validator, monitor_end, child, &signals);
+            log::info!("exiting");
+            if let Some(pidfile) = pidfile {
+                pidfile.remove();
+            }
+            Ok(code)
+        }
+    }
+}
+
+fn run_worker(
+    settings: &Settings,
+    intercept: platform::PlatformIntercept,
+    monitor: OwnedFd,
+    identity: &privdrop::Identity,
+) -> anyhow::Result<Exit> {
+    let signals = SignalPipe::install().context("signal handlers")?;
+    if settings.foreground != Foreground::Debug {
+        privdrop::drop_to(identity, settings.chroot.as_deref())?;
+        platform::sandbox()?;
+    } else if let Some(dir) = &settings.chroot {
+        nix::unistd::chroot(dir.as_path()).with_context(|| format!("chroot {}", dir.display()))?;
+        nix::unistd::chdir("/")?;
+    }
+    let engine = Engine::new(settings.engine.clone());
+    Worker::new(engine, intercept, monitor, signals).run()
+}
+
+/// `--check`: everything was opened and checked; say what would run.
+fn check_only(settings: &Settings) -> anyhow::Result<i32> {
+    let intercept = platform::open_intercept(settings)?;
+    drop(intercept);
+    privdrop::resolve(settings.user.as_deref())?;
+    println!("ftp6proxy: configuration OK");
+    println!("{}", describe(settings));
+    Ok(0)
+}
+
+/// The start line: what this instance does.
+pub fn describe(settings: &Settings) -> String {
+    let e = &settings.engine;
+    let ports: Vec<String> = e.ftp_ports.iter().map(u16::to_string).collect();
+    format!(
+        "ftp6proxy {} starting: firewall={} slots={}-{} timeout={}s {} port={} ftp-ports={}{}{}",
+        env!("CARGO_PKG_VERSION"),
+        settings.firewall.name(),
+        e.base,
+        u32::from(e.base) + u32::from(e.count) - 1,
+        e.ttl.as_secs(),
+        platform::intercept_name(),
+        settings.port,
+        ports.join(","),
+        settings
+            .target
+            .as_ref()
+            .map(|t| format!(" target={t}"))
+            .unwrap_or_default(),
+        settings
+            .queue
+            .as_ref()
+            .map(|q| format!(" queue={q}"))
+            .unwrap_or_default(),
+    )
+}
+
+/// A boxed firewall, whatever the backend.
+pub type BoxedFirewall = Box<dyn Firewall>;

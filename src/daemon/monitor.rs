@@ -1,0 +1,165 @@
+//! The monitor: the small privileged process that owns the firewall.
+//!
+//! Owns the firewall backend and the worker's lifetime. Accepts only fixed-size requests
+//! from the worker, re-checks each with [`Validator`], applies it, and answers. When the
+//! worker goes away — by SIGTERM (forwarded from here) or by a crash — it closes every hole
+//! it knows of and flushes whatever else is ours (DESIGN.md invariant 6). It parses no
+//! packets and runs no FTP logic.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::logging;
+use super::privsep::{Request, Response, Validator, REQUEST_LEN};
+use super::signals::{Event as Signal, SignalPipe};
+use crate::firewall::Firewall;
+
+/// How long the worker gets to close its holes after SIGTERM before it is killed.
+const WORKER_GRACE: Duration = Duration::from_millis(1500);
+
+/// Runs the monitor until the worker is gone; returns the process exit status.
+pub fn run(
+    firewall: &mut dyn Firewall,
+    mut validator: Validator,
+    socket: OwnedFd,
+    worker: Pid,
+    signals: &SignalPipe,
+) -> i32 {
+    let mut terminating: Option<Instant> = None;
+    let mut buf = [0u8; REQUEST_LEN + 1];
+    let worker_status = loop {
+        let timeout = match terminating {
+            Some(_) => PollTimeout::from(100u16),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [
+            PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(
+                // SAFETY: the signal pipe outlives this poll call.
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(signals.fd()) },
+                PollFlags::POLLIN,
+            ),
+        ];
+        if let Err(e) = poll(&mut fds, timeout) {
+            if e != nix::errno::Errno::EINTR {
+                log::error!("monitor poll: {e}");
+                break None;
+            }
+        }
+        for signal in signals.drain() {
+            match signal {
+                Signal::Terminate => {
+                    if terminating.is_none() {
+                        terminating = Some(Instant::now());
+                        let _ = kill(worker, NixSignal::SIGTERM);
+                    }
+                }
+                Signal::Reopen => {
+                    logging::reopen();
+                    let _ = kill(worker, NixSignal::SIGHUP);
+                }
+                Signal::Status => {
+                    let _ = kill(worker, NixSignal::SIGUSR1);
+                }
+                Signal::Child => {}
+            }
+        }
+        // Serve every waiting request, then check on the worker.
+        let mut worker_closed = false;
+        loop {
+            match recv(socket.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => {
+                    worker_closed = true;
+                    break;
+                }
+                Ok(n) => serve(firewall, &mut validator, &socket, &buf[..n]),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    log::error!("monitor: reading the worker's requests: {e}");
+                    worker_closed = true;
+                    break;
+                }
+            }
+        }
+        if let Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
+            waitpid(worker, Some(WaitPidFlag::WNOHANG))
+        {
+            break Some(status);
+        }
+        if worker_closed {
+            // Its socket closed: it is exiting; collect it.
+            break waitpid(worker, None).ok();
+        }
+        if terminating.is_some_and(|since| since.elapsed() > WORKER_GRACE) {
+            log::error!("worker did not stop within {WORKER_GRACE:?}; killing it");
+            let _ = kill(worker, NixSignal::SIGKILL);
+            break waitpid(worker, None).ok();
+        }
+    };
+    clean_up(firewall, &mut validator);
+    match (terminating, worker_status) {
+        (Some(_), _) => 0,
+        (None, Some(WaitStatus::Exited(_, 0))) => 0,
+        (None, status) => {
+            log::error!("worker ended unexpectedly ({status:?}); holes removed, exiting");
+            1
+        }
+    }
+}
+
+/// Applies one request and answers it.
+fn serve(firewall: &mut dyn Firewall, validator: &mut Validator, socket: &OwnedFd, bytes: &[u8]) {
+    let request = match Request::decode(bytes) {
+        Ok(request) => request,
+        Err(e) => {
+            log::error!("monitor: refused a {e} from the worker");
+            return;
+        }
+    };
+    let ok = match validator.check(&request.action) {
+        Err(invalid) => {
+            log::error!(
+                "monitor: refused request slot={}: {invalid}",
+                request.action.slot()
+            );
+            false
+        }
+        Ok(()) => match firewall.apply(&request.action) {
+            Ok(()) => {
+                validator.applied(&request.action, true);
+                true
+            }
+            Err(e) => {
+                log::error!("firewall: {e}");
+                validator.applied(&request.action, false);
+                false
+            }
+        },
+    };
+    let response = Response { id: request.id, ok }.encode();
+    if let Err(e) = send(socket.as_raw_fd(), &response, MsgFlags::empty()) {
+        log::error!("monitor: answering the worker: {e}");
+    }
+}
+
+/// Closes every hole the worker left open and removes anything else of ours.
+fn clean_up(firewall: &mut dyn Firewall, validator: &mut Validator) {
+    for action in validator.open_holes() {
+        if let Err(e) = firewall.apply(&action) {
+            log::error!("firewall: closing slot {} at exit: {e}", action.slot());
+        }
+        validator.applied(&action, true);
+    }
+    match firewall.flush_owned() {
+        Ok(0) => {}
+        Ok(n) => log::info!("removed {n} leftover holes at exit"),
+        Err(e) => log::error!("firewall: flushing our holes at exit: {e}"),
+    }
+}

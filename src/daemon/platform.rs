@@ -1,0 +1,46 @@
+//! The few startup steps that differ between FreeBSD and Linux, selected by `cfg` at module
+//! level: entering `-j`, opening the intercept socket, building the firewall backend, and
+//! the worker's sandbox. Everything they call is in `intercept`, `firewall` and `jail`.
+
+#[cfg(target_os = "freebsd")]
+mod freebsd;
+#[cfg(target_os = "linux")]
+mod linux;
+
+#[cfg(target_os = "freebsd")]
+pub use freebsd::*;
+#[cfg(target_os = "linux")]
+pub use linux::*;
+
+use anyhow::Context;
+
+use crate::cli::{FirewallKind, Settings};
+use crate::firewall::ipfw::{Ipfw, IpfwConfig};
+use crate::firewall::pf::{Pf, PfConfig, Queue};
+use crate::firewall::Firewall;
+
+/// Builds the ipfw or pf backend (both drive the host's tools; available everywhere so
+/// `--check` can explain what is missing).
+fn open_tool_firewall(settings: &Settings) -> anyhow::Result<Option<Box<dyn Firewall>>> {
+    let e = &settings.engine;
+    Ok(match settings.firewall {
+        FirewallKind::Ipfw => {
+            let mut config = IpfwConfig::new(e.base, e.count);
+            config.allow_dyn_drop = settings.ipfw_allow_state_loss;
+            config.queue = settings
+                .queue
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .context("-q for ipfw")?;
+            Some(Box::new(Ipfw::new(config)?))
+        }
+        FirewallKind::Pf => {
+            let mut config = PfConfig::new(e.base, e.count);
+            config.anchor.clone_from(&settings.anchor);
+            config.queue = settings.queue.as_deref().map(Queue::parse).transpose()?;
+            Some(Box::new(Pf::new(config)?))
+        }
+        FirewallKind::Nft => None,
+    })
+}
