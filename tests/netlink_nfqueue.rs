@@ -6,7 +6,7 @@
 //! verdict without payload reinjects the packet unchanged.
 #![cfg(target_os = "linux")]
 
-#[path = "netlink_common.rs"]
+#[path = "support/netns.rs"]
 mod common;
 
 use std::io::ErrorKind;

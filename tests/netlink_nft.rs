@@ -4,7 +4,7 @@
 //! is checked with `nft list set`.
 #![cfg(target_os = "linux")]
 
-#[path = "netlink_common.rs"]
+#[path = "support/netns.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

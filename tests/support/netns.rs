@@ -1,9 +1,9 @@
 //! Shared helpers for the netlink integration tests: a private network namespace per test.
 //!
-//! Included by `netlink_nft.rs` and `netlink_nfqueue.rs` with `#[path]`; as a test crate of
-//! its own it has no tests. Each [`Netns`] is created with `ip netns add`, entered by the
-//! calling thread with setns(2) before any socket is opened, and deleted on drop (also when
-//! the test fails). Nothing here sends traffic outside the namespace.
+//! Included by `netlink_nft.rs` and `netlink_nfqueue.rs` with `#[path]` (it lives in a
+//! subdirectory so it is not a test crate of its own). Each [`Netns`] is created with
+//! `ip netns add`, entered by the calling thread with setns(2) before any socket is opened,
+//! and deleted on drop (also when the test fails). Nothing here sends traffic outside the namespace.
 #![allow(dead_code)]
 
 use std::fs::File;
