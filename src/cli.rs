@@ -83,7 +83,7 @@ pub struct Args {
     /// Divert port (FreeBSD) or NFQUEUE number (Linux) to read packets from
     #[arg(short = 'p', value_name = "port", default_value = "10004")]
     pub port: String,
-    /// Place data connections into this QoS class (ipfw: dummynet queue number; pf: queue name; nft: packet mark)
+    /// Place data connections into this QoS class (ipfw: dummynet queue number; pf: queue name or dnqueue number)
     #[arg(short = 'q', value_name = "queue")]
     pub queue: Option<String>,
     /// Chroot to this directory once the sockets are open
@@ -307,17 +307,18 @@ impl Args {
         };
         let firewall = self.firewall.unwrap_or_else(FirewallKind::platform_default);
         if let Some(queue) = &self.queue {
-            let ok = match firewall {
-                FirewallKind::Ipfw => queue.parse::<u16>().is_ok_and(|q| q >= 1),
-                FirewallKind::Nft => queue.parse::<u32>().is_ok_and(|q| q >= 1),
-                FirewallKind::Pf => is_simple_name(queue, 15),
+            let expected = match firewall {
+                FirewallKind::Ipfw if queue.parse::<u16>().is_ok_and(|q| q >= 1) => None,
+                FirewallKind::Pf if is_simple_name(queue, 15) => None,
+                FirewallKind::Ipfw => Some("a dummynet queue number 1..65535"),
+                FirewallKind::Pf => Some("a pf queue name, or dnqueue number (1..15 characters)"),
+                // A set element cannot carry a class; the rule that matches the set can.
+                FirewallKind::Nft => Some(
+                    "nothing with --firewall nft (set a mark or priority in the rule \
+                     that accepts @ftp6proxy6/@ftp6proxy4 instead)",
+                ),
             };
-            if !ok {
-                let expected = match firewall {
-                    FirewallKind::Ipfw => "a dummynet queue number 1..65535",
-                    FirewallKind::Nft => "a packet mark 1..4294967295",
-                    FirewallKind::Pf => "a pf queue name, or dnqueue number (1..15 characters)",
-                };
+            if let Some(expected) = expected {
                 return Err(usage(format!("-q {queue:?}: expected {expected}")));
             }
         }
@@ -524,6 +525,7 @@ mod tests {
             (&["--anchor", "a/b"][..], "--anchor"),
             (&["--firewall", "ipfw", "-q", "fast"][..], "-q"),
             (&["--firewall", "pf", "-q", "x y"][..], "-q"),
+            (&["--firewall", "nft", "-q", "1"][..], "-q"),
         ] {
             let line = usage_error(args);
             assert!(line.starts_with(&format!("ftp6proxy: {option} ")), "{line}");

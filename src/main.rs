@@ -1,7 +1,7 @@
 //! `ftp6proxy`: parse the command line, run the daemon, map the outcome to an exit status
 //! (0 ok, 1 failure, 64 usage — sysexits(3)).
 
-use ftp6proxy::cli::{self, Parsed, EX_USAGE};
+use ftp6proxy::cli::{self, Foreground, Parsed, EX_USAGE};
 
 fn main() {
     let settings = match cli::parse(std::env::args_os()) {
@@ -19,7 +19,10 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(error) => {
             let line = format!("{error:#}");
-            log::error!("{line}");
+            // Startup errors go to the terminal; detached, syslog gets them too.
+            if settings.foreground != Foreground::Debug {
+                log::error!("{line}");
+            }
             eprintln!("ftp6proxy: {line}");
             std::process::exit(1);
         }
