@@ -152,7 +152,7 @@ except OSError as e:
 """
 
 
-def tcp_probe(ns, addr, port, timeout=3.0):
+def tcp_probe(ns, addr, port, timeout=2.0):
     """Try a TCP connection from namespace ns: 'ok <banner>', 'refused', 'timeout' (dropped)."""
     r = in_ns(ns, PY, "-c", _PROBE, addr, str(port), str(timeout), timeout=timeout + 20)
     return r.stdout.strip() or ("error " + r.stderr.strip())
@@ -202,7 +202,7 @@ def lftp(family, port, mode, commands, max_time=60):
     lftp has no knob for EPRT on IPv4: mode 'eprt' is IPv6 only, 'port' IPv4 only."""
     passive = mode in ("epsv", "pasv")
     settings = [
-        "set ftp:ssl-allow no", "set net:timeout 5", "set net:max-retries 2",
+        "set ftp:ssl-allow no", "set net:timeout 3", "set net:max-retries 1",
         "set net:reconnect-interval-base 1", "set net:reconnect-interval-max 2",
         "set cmd:fail-exit yes", "set xfer:clobber yes",
         f"set ftp:passive-mode {'on' if passive else 'off'}",
@@ -320,7 +320,7 @@ def daemon_binary():
     env = os.environ.get("FTP6PROXY_BIN")
     if env:
         p = Path(env)
-        return p if p.is_absolute() or p.exists() else REPO / p
+        return p.resolve() if p.is_absolute() or p.exists() else REPO / p
     return REPO / "target" / "debug" / "ftp6proxy"
 
 

@@ -82,7 +82,7 @@ NO_DAEMON = [(6, "epsv"), (4, "pasv"), (4, "epsv"), (6, "eprt"), (4, "port")]
 def test_transfer_fails_without_daemon(family, mode, tmp_path):
     assert not lab.queue_bound(), "a daemon is bound to the queue: this test needs none"
     out = tmp_path / "hello.txt"
-    r = lab.curl(family, lab.VSFTPD, "hello.txt", mode, "-o", out, max_time=15)
+    r = lab.curl(family, lab.VSFTPD, "hello.txt", mode, "-o", out, max_time=10, connect_timeout=3)
     assert r.returncode != 0, r.stderr
     assert "< 220" in r.stderr, "control connection must work:\n" + r.stderr
     assert f"> {lab.MODE_CMD[mode]}" in r.stderr
@@ -91,6 +91,6 @@ def test_transfer_fails_without_daemon(family, mode, tmp_path):
 
 def test_lftp_fails_without_daemon(tmp_path):
     assert not lab.queue_bound()
-    r = lab.lftp(6, lab.PYFTPD, "epsv", [f"get hello.txt -o {tmp_path}/h"], max_time=20)
+    r = lab.lftp(6, lab.PYFTPD, "epsv", [f"get hello.txt -o {tmp_path}/h"], max_time=15)
     assert r.returncode != 0
     assert not (tmp_path / "h").exists() or (tmp_path / "h").stat().st_size == 0

@@ -37,12 +37,18 @@ pick_python() {
 ns_exists() { [ -e "/run/netns/$1" ]; }
 
 # ---------------------------------------------------------------- down
+alive() { # PID: running and not a zombie (PID 1 of a container may not reap orphans)
+    local st
+    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
 kill_tree() { # PID: the process group we started with setsid
     local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
+    alive "$pid" || return 0
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for i in $(seq 1 20); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        alive "$pid" || return 0
         sleep 0.1
     done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
@@ -174,7 +180,7 @@ pasv_max_port=50100
 port_enable=YES
 connect_from_port_20=YES
 ftp_data_port=20
-connect_timeout=5
+connect_timeout=3
 accept_timeout=10
 data_connection_timeout=30
 idle_session_timeout=120
@@ -250,7 +256,7 @@ status() {
     done
     for s in "${SERVICES[@]}"; do
         pid=$(cat "$STATE/$s.pid" 2>/dev/null || true)
-        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        if [ -n "$pid" ] && alive "$pid"; then
             echo "service $s: running (pid $pid)"
         else
             echo "service $s: NOT running"; ok=1
