@@ -207,7 +207,7 @@ def lftp(family, port, mode, commands, max_time=60):
         "set cmd:fail-exit yes", "set xfer:clobber yes",
         f"set ftp:passive-mode {'on' if passive else 'off'}",
         f"set ftp:prefer-epsv {'yes' if mode == 'epsv' else 'no'}",
-        "debug 3",
+        "debug 9",
         f"open -u anonymous,lab@example.com ftp://{url_host(family)}:{port}",
     ]
     script = "; ".join(settings + list(commands))
