@@ -23,6 +23,9 @@ NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG = 0, 1, 2
 NFQA_CFG_CMD, NFQA_CFG_PARAMS = 1, 2
 NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_PAYLOAD = 1, 2, 10
 NF_ACCEPT = 1
+# FAKE_NAIVE=1: no policy at all (any address, any port, any reply line counts), to show
+# that the attack tests fail against a helper that does not check.
+NAIVE = os.environ.get("FAKE_NAIVE") == "1"
 
 
 def log(*a):
@@ -86,6 +89,8 @@ class Fake:
 
     def client_line(self, st, cli, srv, line):
         u = line.upper()
+        if NAIVE and re.match(r"22[79] ", line):
+            return self.server_line(st, cli, srv, line)
         st["pending"] = u.startswith(("PASV", "EPSV"))
         m = re.match(r"PORT (\d+),(\d+),(\d+),(\d+),(\d+),(\d+)$", line, re.I)
         e = re.match(r"EPRT (.)(\d)\1([^|]*)\1(\d+)\1$", line, re.I)
@@ -103,7 +108,9 @@ class Fake:
             same = ipaddress.ip_address(addr) == ipaddress.ip_address(dst)
         except ValueError:
             same = False
-        if not same:
+        if NAIVE:
+            self.open(src, dst, port)
+        elif not same:
             log(f"deny: {who} announced {addr} port {port}, not its own address {dst} (bounce)")
         elif port < 1024:
             log(f"deny: {who} announced port {port} below 1024")
@@ -111,6 +118,8 @@ class Fake:
             self.open(src, dst, port)
 
     def server_line(self, st, cli, srv, line):
+        if NAIVE:
+            st["pending"], st["multi"] = True, None
         if st.get("multi"):
             if line.startswith(st["multi"] + " "):
                 st["multi"] = None
