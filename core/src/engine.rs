@@ -518,7 +518,9 @@ impl Engine {
         };
         let flags = segment.flags;
         if self.conns.get_mut(&key).is_none() {
-            if flags.rst || (flags.fin && segment.payload.is_empty()) {
+            // Only a SYN or data starts tracking: the last ACK of a closed connection, or
+            // stray RST/FIN, must not bring it back as a new entry.
+            if flags.rst || (segment.payload.is_empty() && !flags.syn) {
                 return outcome;
             }
             let midstream = !flags.syn;

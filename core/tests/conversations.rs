@@ -505,6 +505,20 @@ fn fin_from_both_sides_ends_the_connection_but_not_its_holes() {
 }
 
 #[test]
+fn last_ack_after_close_does_not_start_a_new_connection() {
+    let mut h = Harness::v4().connected();
+    let (src, dst, seq) = h.next(Side::Client);
+    h.feed(&packet(src, dst, seq, "FA", b""));
+    let (src, dst, seq) = h.next(Side::Server);
+    h.feed(&packet(src, dst, seq, "FA", b""));
+    assert_eq!(h.engine.connections(), 0);
+    let (src, dst, seq) = h.next(Side::Client);
+    h.feed(&packet(src, dst, seq + 1, "A", b""));
+    assert_eq!(h.engine.connections(), 0);
+    assert_eq!(h.engine.counters().connections, 1);
+}
+
+#[test]
 fn rst_ends_the_connection() {
     let mut h = Harness::v6().connected();
     let (src, dst, seq) = h.next(Side::Server);
