@@ -4,7 +4,7 @@
 //! jail or network namespace (`-j`) before anything is opened, open and check the firewall,
 //! remove what a crashed predecessor left, open the intercept socket, lock the pidfile,
 //! detach, then fork: the child becomes the unprivileged [`worker`] (chroot, privilege
-//! drop, Capsicum on FreeBSD) and the parent stays the privileged [`monitor`], which alone
+//! drop) and the parent stays the privileged [`monitor`], which alone
 //! talks to the firewall. Owns process-level concerns only; no packet or FTP logic.
 
 pub mod logging;

@@ -44,13 +44,16 @@ pub fn open_firewall(settings: &Settings) -> anyhow::Result<Box<dyn Firewall>> {
     open_tool_firewall(settings)?.context("firewall backend")
 }
 
-/// Enters Capsicum capability mode: from here on the worker can use only the descriptors
-/// it holds (the divert socket, the monitor's socket, the signal pipe, syslog's socket).
+/// The worker does not enter Capsicum capability mode: reinjecting a diverted packet needs
+/// `sendto(2)` with the sockaddr it came with, and the kernel refuses any send with a
+/// destination address in capability mode (`sendit()` in sys/kern/uipc_syscalls.c returns
+/// ECAPMODE when `msg_name` is set). Its confinement is the chroot and the privilege drop;
+/// a sandboxed parser process fed by the worker is the way to Capsicum (see ARCHITECTURE.md).
 ///
 /// # Errors
-/// When cap_enter(2) fails.
+/// Never.
 pub fn sandbox() -> anyhow::Result<()> {
-    capsicum::enter().context("enter Capsicum capability mode")
+    Ok(())
 }
 
 /// Name of the intercept mechanism, for the start line.

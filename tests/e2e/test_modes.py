@@ -1,0 +1,136 @@
+"""The daemon as administrators run it, not only in -d -d: privilege drop (the worker keeps
+only CAP_NET_ADMIN), detaching with a locked pidfile, chroot, status on SIGUSR1, --check."""
+import os
+import signal
+import subprocess
+import time
+
+import lab
+
+BASE_ARGS = ["-j", lab.GW_NS, "--firewall", "nft", "--ftp-ports", "21,2121,2122",
+             "-p", str(lab.QUEUE), "-t", "2"]
+CAP_NET_ADMIN = 1 << 12
+
+
+def start(tmp_path, *flags, name="daemon.log"):
+    log = open(tmp_path / name, "a")
+    argv = [str(lab.daemon_binary()), *flags, *BASE_ARGS]
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert lab.wait_until(lambda: proc.poll() is not None or lab.queue_bound(), 20), \
+        f"{argv} did not bind the queue"
+    return proc
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    status = proc.wait(15)
+    assert status == 0, f"exit status {status} after SIGTERM"
+    assert lab.all_elements() == set(), "holes left after SIGTERM"
+    assert lab.wait_until(lambda: not lab.queue_bound(), 10), "queue still bound after exit"
+
+
+def children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def proc_status(pid):
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def passive_download_works(family=6):
+    r = lab.curl(family, lab.VSFTPD, "hello.txt", "epsv")
+    assert r.returncode == 0, f"curl failed with the daemon running:\n{r.stderr}"
+
+
+def test_worker_drops_to_65535_and_keeps_only_cap_net_admin(tmp_path):
+    proc = start(tmp_path, "-d")
+    try:
+        workers = children(proc.pid)
+        assert len(workers) == 1, f"expected one worker process, found {workers}"
+        status = proc_status(workers[0])
+        uids = status["Uid"].split()
+        gids = status["Gid"].split()
+        assert set(uids) == {"65535"}, f"worker uids {uids}"
+        assert set(gids) == {"65535"}, f"worker gids {gids}"
+        assert int(status["CapEff"], 16) == CAP_NET_ADMIN, status["CapEff"]
+        assert int(status["CapPrm"], 16) == CAP_NET_ADMIN, status["CapPrm"]
+        assert status["NoNewPrivs"] == "1"
+        # The monitor stays privileged; the worker, unprivileged, still passes packets.
+        assert proc_status(proc.pid)["Uid"].split()[0] == "0"
+        passive_download_works(6)
+        r = lab.curl(4, lab.PYFTPD, "hello.txt", "port")
+        assert r.returncode == 0, r.stderr
+    finally:
+        stop(proc)
+
+
+def test_chrooted_worker_still_works(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    proc = start(tmp_path, "-d", "-r", str(root))
+    try:
+        worker = children(proc.pid)[0]
+        assert os.readlink(f"/proc/{worker}/root") == str(root)
+        passive_download_works(4)
+    finally:
+        stop(proc)
+
+
+def test_detached_daemon_writes_locks_and_removes_its_pidfile(tmp_path):
+    pidfile = tmp_path / "ftp6proxy.pid"
+    argv = [str(lab.daemon_binary()), "-i", str(pidfile), *BASE_ARGS]
+    launcher = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    assert launcher.returncode == 0, launcher.stderr
+    assert lab.wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()
+                          and lab.queue_bound(), 20), "no pidfile or queue after detaching"
+    pid = int(pidfile.read_text())
+    try:
+        # The pidfile names the detached monitor, not the launcher that already exited.
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"ftp6proxy" in f.read()
+        passive_download_works(6)
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        assert second.returncode == 1
+        assert f"another ftp6proxy is running (pid {pid})" in second.stderr, second.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert lab.wait_until(lambda: not os.path.exists(f"/proc/{pid}")
+                          or proc_status(pid).get("State", "").startswith("Z"), 10), \
+        "daemon still running 10 s after SIGTERM"
+    assert lab.wait_until(lambda: not pidfile.exists(), 5), "pidfile not removed at exit"
+    assert lab.all_elements() == set()
+    assert lab.wait_until(lambda: not lab.queue_bound(), 10)
+
+
+def test_sigusr1_logs_one_status_line(tmp_path):
+    proc = start(tmp_path, "-d", "-d")
+    try:
+        passive_download_works(6)
+        proc.send_signal(signal.SIGUSR1)
+        log = tmp_path / "daemon.log"
+        assert lab.wait_until(lambda: "status connections=" in log.read_text(), 5), \
+            log.read_text()
+        line = next(l for l in log.read_text().splitlines() if "status connections=" in l)
+        assert "opened=1" in line and "holes=" in line, line
+    finally:
+        stop(proc)
+
+
+def test_check_passes_on_the_lab_and_names_missing_sets(tmp_path):
+    ok = subprocess.run([str(lab.daemon_binary()), "--check", *BASE_ARGS],
+                        capture_output=True, text=True, timeout=20)
+    assert ok.returncode == 0, ok.stderr
+    assert "configuration OK" in ok.stdout
+    bad = subprocess.run([str(lab.daemon_binary()), "--check", "--anchor", "nosuch", *BASE_ARGS],
+                         capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 1
+    assert "nft add set inet filter nosuch6" in bad.stderr, bad.stderr
+    assert not lab.queue_bound(), "--check left the queue bound"
