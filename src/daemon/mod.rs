@@ -1,9 +1,9 @@
 //! Daemon plumbing: the order in which ftp6proxy comes up, splits in two, and goes down.
 //!
-//! Startup follows OpenBSD ftp-proxy's `main`: validate options (done in `cli`), enter the
-//! jail or network namespace (`-j`) before anything is opened, open and check the firewall,
-//! remove what a crashed predecessor left, open the intercept socket, lock the pidfile,
-//! detach, then fork: the child becomes the unprivileged [`worker`] (chroot, privilege
+//! Startup follows OpenBSD ftp-proxy's `main`: validate options (done in `cli`), lock the
+//! pidfile, enter the jail or network namespace (`-j`) before anything else is opened, open
+//! and check the firewall, bind the intercept socket (exclusive, so only one instance ever
+//! cleans up), remove what a crashed predecessor left, detach, then fork: the child becomes the unprivileged [`worker`] (chroot, privilege
 //! drop) and the parent stays the privileged [`monitor`], which alone
 //! talks to the firewall. Owns process-level concerns only; no packet or FTP logic.
 
@@ -37,13 +37,22 @@ use worker::{Exit, Worker};
 /// Startup failures, each with the step that failed.
 pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     logging::init(settings.foreground, settings.facility);
+    // The pidfile first: a second instance must stop before it touches anything, and the
+    // path is the host's even when -j attaches to a jail with a root of its own.
+    let mut pidfile = match (settings.foreground, settings.check) {
+        (Foreground::No, false) => Some(Pidfile::lock(&settings.pidfile)?),
+        _ => None,
+    };
     if let Some(target) = &settings.target {
         platform::enter_target(target)?;
     }
     let mut firewall = platform::open_firewall(settings)?;
     firewall.check().context("firewall check")?;
+    // Binding the queue or divert port is exclusive: only the instance that gets it may
+    // clean the firewall of leftovers, never a second one started by mistake.
+    let intercept = platform::open_intercept(settings)?;
     if settings.check {
-        return check_only(settings);
+        return check_only(settings, intercept);
     }
     let removed = firewall
         .flush_owned()
@@ -51,11 +60,6 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     if removed > 0 {
         log::info!("removed {removed} holes left by an earlier run");
     }
-    let intercept = platform::open_intercept(settings)?;
-    let mut pidfile = match settings.foreground {
-        Foreground::No => Some(Pidfile::lock(&settings.pidfile)?),
-        Foreground::Yes | Foreground::Debug => None,
-    };
     if settings.foreground == Foreground::No {
         nix::unistd::daemon(false, false).context("detach (daemon(3))")?;
     }
@@ -125,8 +129,7 @@ fn run_worker(
 }
 
 /// `--check`: everything was opened and checked; say what would run.
-fn check_only(settings: &Settings) -> anyhow::Result<i32> {
-    let intercept = platform::open_intercept(settings)?;
+fn check_only(settings: &Settings, intercept: platform::PlatformIntercept) -> anyhow::Result<i32> {
     drop(intercept);
     privdrop::resolve(settings.user.as_deref())?;
     println!("ftp6proxy: configuration OK");

@@ -134,3 +134,20 @@ def test_check_passes_on_the_lab_and_names_missing_sets(tmp_path):
     assert bad.returncode == 1
     assert "nft add set inet filter nosuch6" in bad.stderr, bad.stderr
     assert not lab.queue_bound(), "--check left the queue bound"
+
+
+def test_second_instance_leaves_the_first_ones_holes_alone(tmp_path):
+    proc = start(tmp_path, "-d", "-d")
+    try:
+        with lab.Bridge(6, lab.VSFTPD) as b:
+            b.login()
+            port = lab.parse_229(b.cmd("EPSV"))
+            hole = (lab.CLIENT[6], lab.SERVER[6], port)
+            assert lab.set_elements(6) == {hole}
+            second = subprocess.run([str(lab.daemon_binary()), "-d", "-d", *BASE_ARGS],
+                                    capture_output=True, text=True, timeout=20)
+            assert second.returncode == 1
+            assert "another process holds queue" in second.stderr, second.stderr
+            assert lab.set_elements(6) == {hole}, "the second instance removed a live hole"
+    finally:
+        stop(proc)
