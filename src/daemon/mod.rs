@@ -117,6 +117,10 @@ fn run_worker(
     identity: &privdrop::Identity,
 ) -> anyhow::Result<Exit> {
     let signals = SignalPipe::install().context("signal handlers")?;
+    // Requests queue in the worker when the monitor is busy; the loop never blocks on it.
+    let flags = nix::fcntl::fcntl(&monitor, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&monitor, nix::fcntl::FcntlArg::F_SETFL(flags))?;
     if settings.foreground != Foreground::Debug {
         privdrop::drop_to(identity, settings.chroot.as_deref())?;
         platform::sandbox()?;

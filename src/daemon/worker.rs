@@ -150,7 +150,7 @@ impl<I: Intercept> Worker<I> {
                 return Ok(Exit::MonitorGone);
             }
             if intercept_pending {
-                intercept_pending = self.read_packets(now)?;
+                intercept_pending = self.read_packets(now);
             }
             if signals_ready {
                 for signal in self.signals.drain() {
@@ -191,17 +191,17 @@ impl<I: Intercept> Worker<I> {
     }
 
     /// Reads up to [`BATCH`] packets; returns whether more may be waiting.
-    fn read_packets(&mut self, now: Instant) -> anyhow::Result<bool> {
+    fn read_packets(&mut self, now: Instant) -> bool {
         for _ in 0..BATCH {
             let outcome = match self.intercept.recv() {
                 // The engine reads the bytes in place; nothing is copied.
                 Ok(Some(packet)) => self
                     .engine
                     .on_packet_with(now, packet.bytes, packet.checksum),
-                Ok(None) => return Ok(false),
+                Ok(None) => return false,
                 Err(e) => {
                     log::error!("reading intercepted packets: {e}");
-                    return Ok(false);
+                    return false;
                 }
             };
             if outcome.must_wait() {
@@ -234,7 +234,7 @@ impl<I: Intercept> Worker<I> {
                 }
             }
         }
-        Ok(true)
+        true
     }
 
     /// Sends one action to the monitor.
@@ -380,5 +380,253 @@ pub fn log_event(event: &EngineEvent) {
         Level::Warn => log::warn!("{event}"),
         Level::Info => log::info!("{event}"),
         Level::Debug => log::debug!("{event}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The worker's half of invariant 1, with a scripted intercept and the test playing the
+    //! monitor: every packet is passed exactly once — at once when it announces nothing,
+    //! after its hole is confirmed when it does, and also when the firewall refuses, stays
+    //! silent, or goes away.
+    use super::*;
+    use crate::intercept::Packet;
+    use ftp6proxy_core::engine::{Checksum, Config};
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::fs::File;
+    use std::os::fd::{AsRawFd, RawFd};
+
+    /// Packets to deliver, and what was passed (by index, in order).
+    struct Scripted {
+        queue: VecDeque<Vec<u8>>,
+        current: Option<(usize, Vec<u8>)>,
+        delivered: usize,
+        passed: Vec<(usize, Vec<u8>)>,
+        fd: File,
+    }
+
+    impl AsRawFd for Scripted {
+        fn as_raw_fd(&self) -> RawFd {
+            self.fd.as_raw_fd()
+        }
+    }
+
+    impl Intercept for Scripted {
+        type Held = (usize, Vec<u8>);
+
+        fn recv(&mut self) -> io::Result<Option<Packet<'_>>> {
+            let Some(bytes) = self.queue.pop_front() else {
+                return Ok(None);
+            };
+            self.current = Some((self.delivered, bytes));
+            self.delivered += 1;
+            Ok(self.current.as_ref().map(|(_, bytes)| Packet {
+                bytes,
+                checksum: Checksum::Verify,
+            }))
+        }
+
+        fn pass_current(&mut self) -> io::Result<()> {
+            let current = self.current.take().expect("a current packet to pass");
+            self.passed.push(current);
+            Ok(())
+        }
+
+        fn hold_current(&mut self) -> Self::Held {
+            self.current.take().expect("a current packet to hold")
+        }
+
+        fn pass_held(&mut self, held: Self::Held) -> io::Result<()> {
+            self.passed.push(held);
+            Ok(())
+        }
+    }
+
+    /// A TCP segment from client to server (IPv6, port 21) with `payload`.
+    fn segment(seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&21u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = if syn { 0x02 } else { 0x18 };
+        let src: std::net::Ipv6Addr = "2001:db8:1::10".parse().unwrap();
+        let dst: std::net::Ipv6Addr = "2001:db8:2::21".parse().unwrap();
+        let mut body = tcp.to_vec();
+        body.extend_from_slice(payload);
+        // TCP checksum over the IPv6 pseudo-header (RFC 8200 §8.1).
+        let mut sum: u32 = 0;
+        let mut add = |bytes: &[u8]| {
+            for pair in bytes.chunks(2) {
+                let hi = u32::from(pair[0]) << 8;
+                sum += hi | pair.get(1).map_or(0, |&b| u32::from(b));
+            }
+        };
+        add(&src.octets());
+        add(&dst.octets());
+        add(&u32::try_from(body.len()).unwrap().to_be_bytes());
+        add(&[0, 0, 0, 6]);
+        add(&body);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let checksum = !u16::try_from(sum).unwrap();
+        body[16..18].copy_from_slice(&checksum.to_be_bytes());
+        let mut packet = vec![0x60, 0, 0, 0];
+        packet.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+        packet.extend_from_slice(&[6, 64]);
+        packet.extend_from_slice(&src.octets());
+        packet.extend_from_slice(&dst.octets());
+        packet.extend_from_slice(&body);
+        packet
+    }
+
+    fn worker(packets: Vec<Vec<u8>>) -> (Worker<Scripted>, OwnedFd) {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let intercept = Scripted {
+            queue: packets.into(),
+            current: None,
+            delivered: 0,
+            passed: Vec::new(),
+            fd: File::open("/dev/null").unwrap(),
+        };
+        let engine = Engine::new(Config::default());
+        let signals = SignalPipe::install().unwrap();
+        (Worker::new(engine, intercept, ours, signals), theirs)
+    }
+
+    fn conversation() -> Vec<Vec<u8>> {
+        let eprt = b"EPRT |2|2001:db8:1::10|50000|\r\n";
+        vec![
+            segment(1000, true, b""),
+            segment(1001, false, b"NOOP\r\n"),
+            segment(1007, false, eprt),
+            segment(1007 + 32, false, b"NOOP\r\n"),
+        ]
+    }
+
+    /// The monitor's side: read every request waiting.
+    fn requests(monitor: &OwnedFd) -> Vec<Request> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = recv(monitor.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            out.push(Request::decode(&buf[..n]).unwrap());
+        }
+        out
+    }
+
+    fn answer(monitor: &OwnedFd, id: u32, ok: bool) {
+        send(
+            monitor.as_raw_fd(),
+            &Response { id, ok }.encode(),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn passed(w: &Worker<Scripted>) -> Vec<usize> {
+        w.intercept.passed.iter().map(|(i, _)| *i).collect()
+    }
+
+    /// Invariant 1 and 2: the announcing packet waits for its hole, all others pass at
+    /// once, and every packet is passed exactly once, unchanged.
+    #[test]
+    fn announcing_packet_waits_for_its_hole_and_every_packet_passes_once() {
+        let packets = conversation();
+        let (mut w, monitor) = worker(packets.clone());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        assert!(!w.read_packets(now), "all four packets read in one batch");
+        assert_eq!(
+            passed(&w),
+            [0, 1, 3],
+            "packet 2 (EPRT) must wait for its hole"
+        );
+        let sent = requests(&monitor);
+        assert_eq!(sent.len(), 1);
+        assert!(matches!(sent[0].action, FwAction::Open { .. }));
+        answer(&monitor, sent[0].id, true);
+        w.read_monitor(now).unwrap();
+        assert_eq!(passed(&w), [0, 1, 3, 2]);
+        for (index, bytes) in &w.intercept.passed {
+            assert_eq!(bytes, &packets[*index], "packet {index} changed");
+        }
+        assert!(w.held.is_empty());
+    }
+
+    /// Invariant 1: a refused hole still lets the packet go.
+    #[test]
+    fn refused_hole_still_passes_the_packet() {
+        let (mut w, monitor) = worker(conversation());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        while w.read_packets(now) {}
+        let sent = requests(&monitor);
+        answer(&monitor, sent[0].id, false);
+        w.read_monitor(now).unwrap();
+        assert_eq!(passed(&w), [0, 1, 3, 2]);
+        assert_eq!(w.engine.open_holes(), 0);
+    }
+
+    /// Invariant 1: a silent firewall delays the packet by at most HOLD_LIMIT.
+    #[test]
+    fn silent_monitor_delays_the_packet_at_most_the_hold_limit() {
+        let (mut w, _monitor) = worker(conversation());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        while w.read_packets(now) {}
+        w.on_timers(now + HOLD_LIMIT - Duration::from_millis(1));
+        assert_eq!(passed(&w), [0, 1, 3]);
+        w.on_timers(now + HOLD_LIMIT);
+        assert_eq!(passed(&w), [0, 1, 3, 2]);
+        assert_eq!(w.passed_late, 1);
+    }
+
+    /// Invariant 1: when the monitor goes away, held packets are passed before exiting.
+    #[test]
+    fn lost_monitor_releases_held_packets() {
+        let (mut w, monitor) = worker(conversation());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        while w.read_packets(now) {}
+        drop(monitor);
+        assert!(w.read_monitor(now).is_err());
+        w.pass_all_held();
+        assert_eq!(passed(&w), [0, 1, 3, 2]);
+    }
+
+    /// Invariant 6: shutdown sends a close for every open hole and passes what is held.
+    #[test]
+    fn shutdown_closes_holes_and_passes_everything() {
+        let (mut w, monitor) = worker(conversation());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        while w.read_packets(now) {}
+        let open = requests(&monitor);
+        answer(&monitor, open[0].id, true);
+        w.read_monitor(now).unwrap();
+        let closer = std::thread::spawn(move || {
+            // Play the monitor: confirm the close the worker sends while shutting down.
+            for _ in 0..100 {
+                if let Some(request) = requests(&monitor).first() {
+                    assert!(matches!(request.action, FwAction::Close { .. }));
+                    answer(&monitor, request.id, true);
+                    return monitor;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("no close request within 1 s");
+        });
+        assert_eq!(w.shutdown(), Exit::Terminated);
+        drop(closer.join().unwrap());
+        assert_eq!(w.engine.open_holes(), 0);
+        assert!(w.in_flight.is_empty());
+        assert_eq!(passed(&w).len(), 4);
     }
 }
