@@ -307,24 +307,7 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec6() -> HoleSpec {
-        HoleSpec {
-            mode: Mode::Passive,
-            src: "2001:db8:1::10".parse().unwrap(),
-            dst: "2001:db8:2::21".parse().unwrap(),
-            dport: 50000,
-        }
-    }
-
-    fn spec4() -> HoleSpec {
-        HoleSpec {
-            mode: Mode::Active,
-            src: "198.51.100.21".parse().unwrap(),
-            dst: "192.0.2.10".parse().unwrap(),
-            dport: 50001,
-        }
-    }
+    use crate::firewall::test_holes::{v4 as spec4, v6 as spec6};
 
     fn open(slot: u16, spec: HoleSpec) -> FwAction {
         FwAction::Open {

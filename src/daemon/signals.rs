@@ -54,7 +54,20 @@ fn watched() -> Vec<(Signal, Event)> {
 #[derive(Debug)]
 pub struct SignalPipe {
     read: OwnedFd,
-    _write: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Drop for SignalPipe {
+    fn drop(&mut self) {
+        // The handler stays installed; make sure it never writes into whatever file gets
+        // this descriptor number next.
+        let _ = WRITE_END.compare_exchange(
+            self.write.as_raw_fd(),
+            -1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 impl SignalPipe {
@@ -82,10 +95,7 @@ impl SignalPipe {
                 &SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty()),
             )
         }?;
-        Ok(SignalPipe {
-            read,
-            _write: write,
-        })
+        Ok(SignalPipe { read, write })
     }
 
     /// The fd to watch for readability.

@@ -449,26 +449,8 @@ impl Firewall for Ipfw {
 mod tests {
     use super::super::exec::fake::TempDir;
     use super::*;
-    use ftp6proxy_core::Mode;
+    use crate::firewall::test_holes::{v4, v6};
     use std::time::Duration;
-
-    fn v6() -> HoleSpec {
-        HoleSpec {
-            mode: Mode::Passive,
-            src: "2001:db8::10".parse().unwrap(),
-            dst: "2001:db8::21".parse().unwrap(),
-            dport: 50123,
-        }
-    }
-
-    fn v4() -> HoleSpec {
-        HoleSpec {
-            mode: Mode::Active,
-            src: "192.0.2.21".parse().unwrap(),
-            dst: "192.0.2.10".parse().unwrap(),
-            dport: 40000,
-        }
-    }
 
     fn joined(args: &[String]) -> String {
         args.join(" ")

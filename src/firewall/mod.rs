@@ -64,3 +64,29 @@ pub trait Firewall {
     /// When the firewall refuses the change.
     fn apply(&mut self, action: &FwAction) -> Result<(), Error>;
 }
+
+/// Holes shared by the backends' golden tests and the privsep tests.
+#[cfg(test)]
+pub(crate) mod test_holes {
+    use ftp6proxy_core::{HoleSpec, Mode};
+
+    /// A passive IPv6 hole: client 2001:db8::10 to server 2001:db8::21 port 50123.
+    pub fn v6() -> HoleSpec {
+        HoleSpec {
+            mode: Mode::Passive,
+            src: "2001:db8::10".parse().expect("literal"),
+            dst: "2001:db8::21".parse().expect("literal"),
+            dport: 50123,
+        }
+    }
+
+    /// An active IPv4 hole: server 192.0.2.21 to client 192.0.2.10 port 40000.
+    pub fn v4() -> HoleSpec {
+        HoleSpec {
+            mode: Mode::Active,
+            src: "192.0.2.21".parse().expect("literal"),
+            dst: "192.0.2.10".parse().expect("literal"),
+            dport: 40000,
+        }
+    }
+}
