@@ -124,6 +124,18 @@ def test_sigusr1_logs_one_status_line(tmp_path):
         stop(proc)
 
 
+def test_sighup_reopens_the_log_and_keeps_working(tmp_path):
+    proc = start(tmp_path, "-d", "-d")
+    try:
+        proc.send_signal(signal.SIGHUP)
+        log = tmp_path / "daemon.log"
+        assert lab.wait_until(lambda: "log reopened" in log.read_text(), 5), log.read_text()
+        assert proc.poll() is None, "SIGHUP must not stop the daemon"
+        passive_download_works(4)
+    finally:
+        stop(proc)
+
+
 def test_check_passes_on_the_lab_and_names_missing_sets(tmp_path):
     ok = subprocess.run([str(lab.daemon_binary()), "--check", *BASE_ARGS],
                         capture_output=True, text=True, timeout=20)
