@@ -363,10 +363,7 @@ mod tests {
         }
     }
 
-    #[allow(clippy::disallowed_methods)] // tests need one real origin for the fake clock
-    fn t0() -> Instant {
-        Instant::now()
-    }
+    use crate::test_clock::t0;
 
     #[test]
     fn slots_are_numbered_from_base() {

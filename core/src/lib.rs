@@ -61,3 +61,14 @@ impl std::fmt::Display for ConnId {
         write!(f, "#{}", self.0)
     }
 }
+
+/// The origin of the fake clocks in unit tests: the only place the core reads the OS clock.
+#[cfg(test)]
+mod test_clock {
+    use std::time::Instant;
+
+    #[allow(clippy::disallowed_methods)] // one real origin; tests then add Durations to it
+    pub fn t0() -> Instant {
+        Instant::now()
+    }
+}

@@ -94,10 +94,7 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // one real origin for the fake clock
-    fn t0() -> Instant {
-        Instant::now()
-    }
+    use crate::test_clock::t0;
 
     #[test]
     fn burst_then_suppress_then_report() {

@@ -186,10 +186,7 @@ impl ConnTable {
 mod tests {
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // one real origin for the fake clock
-    fn t0() -> Instant {
-        Instant::now()
-    }
+    use crate::test_clock::t0;
 
     fn key(port: u16) -> Key {
         (
