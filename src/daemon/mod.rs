@@ -24,7 +24,7 @@ use ftp6proxy_core::Engine;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::{fork, ForkResult};
 
-use crate::cli::{Foreground, Settings};
+use crate::cli::{FirewallKind, Foreground, Settings};
 use crate::firewall::Firewall;
 use pidfile::Pidfile;
 use privsep::Validator;
@@ -37,6 +37,9 @@ use worker::{Exit, Worker};
 /// Startup failures, each with the step that failed.
 pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     logging::init(settings.foreground, settings.facility);
+    // Handlers before anything can be signalled: a SIGHUP or SIGTERM that arrives while the
+    // daemon starts must be an event, not the default action (death, holes left behind).
+    let signals = SignalPipe::install().context("signal handlers")?;
     // The pidfile first: a second instance must stop before it touches anything, and the
     // path is the host's even when -j attaches to a jail with a root of its own.
     let mut pidfile = match (settings.foreground, settings.check) {
@@ -81,7 +84,14 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         ForkResult::Child => {
             drop(monitor_end);
             drop(firewall);
-            let code = match run_worker(settings, intercept, worker_end, &identity) {
+            // The worker gets a self-pipe of its own; installing it first means no signal
+            // falls between the two.
+            let worker_signals = SignalPipe::install();
+            drop(signals);
+            let code = match worker_signals
+                .context("signal handlers")
+                .and_then(|signals| run_worker(settings, intercept, worker_end, signals, &identity))
+            {
                 Ok(Exit::Terminated) => 0,
                 Ok(Exit::MonitorGone) => 1,
                 Err(e) => {
@@ -94,7 +104,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         ForkResult::Parent { child } => {
             drop(worker_end);
             drop(intercept);
-            let signals = SignalPipe::install().context("signal handlers")?;
+            if settings.foreground != Foreground::Debug && settings.firewall == FirewallKind::Nft {
+                privdrop::confine_monitor().context("confine the monitor")?;
+            }
             let validator = Validator::new(
                 settings.engine.base,
                 settings.engine.count,
@@ -114,9 +126,9 @@ fn run_worker(
     settings: &Settings,
     intercept: platform::PlatformIntercept,
     monitor: OwnedFd,
+    signals: SignalPipe,
     identity: &privdrop::Identity,
 ) -> anyhow::Result<Exit> {
-    let signals = SignalPipe::install().context("signal handlers")?;
     // Requests queue in the worker when the monitor is busy; the loop never blocks on it.
     let flags = nix::fcntl::fcntl(&monitor, nix::fcntl::FcntlArg::F_GETFL)?;
     let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;

@@ -103,19 +103,23 @@ mod caps {
         Ok(())
     }
 
-    /// Leaves only CAP_NET_ADMIN, and forbids gaining anything through exec.
-    pub fn limit() -> anyhow::Result<()> {
+    /// CAP_KILL from linux/capability.h.
+    pub const CAP_KILL: u32 = 5;
+
+    /// Leaves only `caps` (all below 32), and forbids gaining anything through exec.
+    pub fn limit(caps: &[u32]) -> anyhow::Result<()> {
         let header = Header {
             version: LINUX_CAPABILITY_VERSION_3,
             pid: 0,
         };
         let mut data = [Data::default(); 2];
-        data[0].effective = 1 << CAP_NET_ADMIN;
-        data[0].permitted = 1 << CAP_NET_ADMIN;
+        let mask = caps.iter().fold(0u32, |mask, cap| mask | 1 << cap);
+        data[0].effective = mask;
+        data[0].permitted = mask;
         // SAFETY: header and data match the kernel's v3 layout (two Data structs).
         let rc = unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("capset(CAP_NET_ADMIN only)");
+            return Err(std::io::Error::last_os_error()).context("capset");
         }
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -135,7 +139,27 @@ fn keep_capabilities_across_setuid() -> anyhow::Result<()> {
 
 #[cfg(target_os = "linux")]
 fn limit_capabilities() -> anyhow::Result<()> {
-    caps::limit()
+    caps::limit(&[caps::CAP_NET_ADMIN])
+}
+
+/// Confines the monitor on Linux with nftables: it stays uid 0 (it removes the pidfile and
+/// must outlive the worker) but keeps only CAP_NET_ADMIN (nftables over netlink) and
+/// CAP_KILL (to signal the worker, which runs under another uid).
+///
+/// # Errors
+/// When capset(2) or prctl(2) fails.
+#[cfg(target_os = "linux")]
+pub fn confine_monitor() -> anyhow::Result<()> {
+    caps::limit(&[caps::CAP_NET_ADMIN, caps::CAP_KILL])
+}
+
+/// On FreeBSD the monitor runs ipfw(8) and pfctl(8), which need full root: nothing to drop.
+///
+/// # Errors
+/// Never.
+#[cfg(not(target_os = "linux"))]
+pub fn confine_monitor() -> anyhow::Result<()> {
+    Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]

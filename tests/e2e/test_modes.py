@@ -10,6 +10,7 @@ import lab
 BASE_ARGS = ["-j", lab.GW_NS, "--firewall", "nft", "--ftp-ports", "21,2121,2122",
              "-p", str(lab.QUEUE), "-t", "2"]
 CAP_NET_ADMIN = 1 << 12
+CAP_KILL = 1 << 5
 
 
 def start(tmp_path, *flags, name="daemon.log"):
@@ -50,7 +51,7 @@ def passive_download_works(family=6):
     assert r.returncode == 0, f"curl failed with the daemon running:\n{r.stderr}"
 
 
-def test_worker_drops_to_65535_and_keeps_only_cap_net_admin(tmp_path):
+def test_worker_drops_to_65535_and_monitor_keeps_only_what_it_needs(tmp_path):
     proc = start(tmp_path, "-d")
     try:
         workers = children(proc.pid)
@@ -63,8 +64,12 @@ def test_worker_drops_to_65535_and_keeps_only_cap_net_admin(tmp_path):
         assert int(status["CapEff"], 16) == CAP_NET_ADMIN, status["CapEff"]
         assert int(status["CapPrm"], 16) == CAP_NET_ADMIN, status["CapPrm"]
         assert status["NoNewPrivs"] == "1"
-        # The monitor stays privileged; the worker, unprivileged, still passes packets.
-        assert proc_status(proc.pid)["Uid"].split()[0] == "0"
+        # The monitor stays uid 0 (pidfile, outlives the worker) with only CAP_NET_ADMIN
+        # (nftables) and CAP_KILL (to signal the worker); the worker still passes packets.
+        monitor = proc_status(proc.pid)
+        assert monitor["Uid"].split()[0] == "0"
+        assert int(monitor["CapEff"], 16) == CAP_NET_ADMIN | CAP_KILL, monitor["CapEff"]
+        assert int(monitor["CapPrm"], 16) == CAP_NET_ADMIN | CAP_KILL, monitor["CapPrm"]
         passive_download_works(6)
         r = lab.curl(4, lab.PYFTPD, "hello.txt", "port")
         assert r.returncode == 0, r.stderr
