@@ -25,7 +25,7 @@ use crate::ftp::ParseError;
 use crate::holes::{FwAction, HoleSpec, HoleTable, Opened, Slot};
 use crate::limiter::{Admit, RateLimiter};
 use crate::policy::{self, Deny};
-use crate::tracker::{ConnTable, Dir, EndReason, LineMeaning, MAX_LINE};
+use crate::tracker::{ConnTable, Dir, EndReason, LineMeaning};
 use crate::wire;
 use crate::ConnId;
 
@@ -713,9 +713,9 @@ impl Engine {
     }
 
     /// The firewall's answer to an action returned earlier. `installed` is `false` when
-    /// the firewall refused it.
-    pub fn hole_result(&mut self, now: Instant, action: &FwAction, installed: bool) {
-        let _ = now;
+    /// the firewall refused it. (`_now` keeps the input signature uniform; nothing here
+    /// depends on time yet.)
+    pub fn hole_result(&mut self, _now: Instant, action: &FwAction, installed: bool) {
         let slot = action.slot();
         let spec = *action.spec();
         let conn = self.holes.owner(slot).map_or(ConnId(0), |(_, c)| c);
@@ -786,6 +786,3 @@ impl Engine {
         actions
     }
 }
-
-/// Lines are bounded by the assembler; re-exported for documentation.
-pub const MAX_LINE_LEN: usize = MAX_LINE;
