@@ -7,6 +7,10 @@
 //! bytes and time to the [`Engine`], sends the actions it returns to the monitor, and
 //! passes a held packet once every action it caused is answered (or after
 //! [`HOLD_LIMIT`], so a stuck firewall can delay a packet but never lose it).
+//!
+//! A later segment of the same connection that announces nothing is not held behind a
+//! held one: it may overtake it by the time the firewall answers, which the receiver's TCP
+//! reorders as it would any reordering on the path.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
