@@ -1,14 +1,16 @@
-//! Daemon plumbing: the order in which ftp6proxy comes up, splits in two, and goes down.
+//! Daemon plumbing: the order in which ftp6proxy comes up, splits in three, and goes down.
 //!
 //! Startup follows OpenBSD ftp-proxy's `main`: validate options (done in `cli`), lock the
 //! pidfile, enter the jail or network namespace (`-j`) before anything else is opened, open
 //! and check the firewall, bind the intercept socket (exclusive, so only one instance ever
-//! cleans up), remove what a crashed predecessor left, detach, then fork: the child becomes the unprivileged [`worker`] (chroot, privilege
-//! drop) and the parent stays the privileged [`monitor`], which alone
-//! talks to the firewall. Owns process-level concerns only; no packet or FTP logic.
+//! cleans up), remove what a crashed predecessor left, detach, then fork: the child becomes
+//! the unprivileged [`worker`] (packet I/O), which forks the sandboxed [`parser`] (the
+//! engine); the first process stays the privileged [`monitor`], which alone talks to the
+//! firewall. Owns process-level concerns only; no packet or FTP logic.
 
 pub mod logging;
 pub mod monitor;
+pub mod parser;
 pub mod pidfile;
 pub mod privdrop;
 pub mod privsep;
@@ -84,8 +86,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         ForkResult::Child => {
             drop(monitor_end);
             drop(firewall);
-            // The worker gets a self-pipe of its own; installing it first means no signal
-            // falls between the two.
+            drop(pidfile); // the monitor's descriptor keeps the lock
+                           // The worker gets a self-pipe of its own; installing it first means no signal
+                           // falls between the two.
             let worker_signals = SignalPipe::install();
             drop(signals);
             let code = match worker_signals
@@ -93,7 +96,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
                 .and_then(|signals| run_worker(settings, intercept, worker_end, signals, &identity))
             {
                 Ok(Exit::Terminated) => 0,
-                Ok(Exit::MonitorGone) => 1,
+                Ok(Exit::MonitorGone | Exit::ParserGone) => 1,
                 Err(e) => {
                     log::error!("worker: {e:#}");
                     1
@@ -122,6 +125,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     }
 }
 
+/// The worker: forks the parser, confines itself, and runs the packet loop.
 fn run_worker(
     settings: &Settings,
     intercept: platform::PlatformIntercept,
@@ -129,19 +133,79 @@ fn run_worker(
     signals: SignalPipe,
     identity: &privdrop::Identity,
 ) -> anyhow::Result<Exit> {
-    // Requests queue in the worker when the monitor is busy; the loop never blocks on it.
-    let flags = nix::fcntl::fcntl(&monitor, nix::fcntl::FcntlArg::F_GETFL)?;
-    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&monitor, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    let (parser_link, parser_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("socketpair for the parser")?;
+    // SAFETY: single-threaded; the child only continues with its own code.
+    let parser = match unsafe { fork() }.context("fork the parser")? {
+        ForkResult::Child => {
+            // Nothing of the worker's stays open in the parser but its one socket.
+            drop((intercept, monitor, signals, parser_link));
+            let code = match run_parser(settings, &parser_end, identity) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("parser: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(parser_end);
+    // Messages queue in the worker when a peer is busy; the loop never blocks on one.
+    for socket in [&monitor, &parser_link] {
+        let flags = nix::fcntl::fcntl(socket, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(socket, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    }
     if settings.foreground != Foreground::Debug {
-        privdrop::drop_to(identity, settings.chroot.as_deref())?;
+        privdrop::drop_to(
+            identity,
+            settings.chroot.as_deref(),
+            privdrop::Keep::NetAdmin,
+        )?;
+    } else {
+        chroot_only(settings)?;
+    }
+    let exit = Worker::new(intercept, monitor, parser_link, signals).run();
+    // The parser exits once its socket closes (or after Closed); collect it.
+    let _ = nix::sys::wait::waitpid(parser, None);
+    exit
+}
+
+/// The parser: ignores signals (the worker tells it when to stop), confines itself as far
+/// as the platform allows, and reads packets.
+fn run_parser(
+    settings: &Settings,
+    worker: &OwnedFd,
+    identity: &privdrop::Identity,
+) -> anyhow::Result<()> {
+    signals::ignore_all().context("ignore signals in the parser")?;
+    if settings.foreground != Foreground::Debug {
+        privdrop::drop_to(
+            identity,
+            settings.chroot.as_deref(),
+            privdrop::Keep::Nothing,
+        )?;
         platform::sandbox()?;
-    } else if let Some(dir) = &settings.chroot {
+    } else {
+        chroot_only(settings)?;
+    }
+    parser::run(Engine::new(settings.engine.clone()), worker).context("link to the worker")
+}
+
+/// `-r` under `-d -d`, where privileges are kept.
+fn chroot_only(settings: &Settings) -> anyhow::Result<()> {
+    if let Some(dir) = &settings.chroot {
         nix::unistd::chroot(dir.as_path()).with_context(|| format!("chroot {}", dir.display()))?;
         nix::unistd::chdir("/")?;
     }
-    let engine = Engine::new(settings.engine.clone());
-    Worker::new(engine, intercept, monitor, signals).run()
+    Ok(())
 }
 
 /// `--check`: everything was opened and checked; say what would run.

@@ -49,11 +49,20 @@ pub fn resolve(user: Option<&str>) -> anyhow::Result<Identity> {
     }
 }
 
-/// Chroots (if asked) and becomes `identity` for good.
+/// What a confined process keeps of its privileges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// CAP_NET_ADMIN on Linux, for NFQUEUE verdicts (the worker); nothing on FreeBSD.
+    NetAdmin,
+    /// Nothing (the parser).
+    Nothing,
+}
+
+/// Chroots (if asked) and becomes `identity` for good, keeping only `keep`.
 ///
 /// # Errors
 /// When any step fails; the caller exits.
-pub fn drop_to(identity: &Identity, chroot: Option<&Path>) -> anyhow::Result<()> {
+pub fn drop_to(identity: &Identity, chroot: Option<&Path>, keep: Keep) -> anyhow::Result<()> {
     if identity.uid.is_root() {
         bail!("refusing to run the worker as root; use -u with an unprivileged user");
     }
@@ -68,7 +77,7 @@ pub fn drop_to(identity: &Identity, chroot: Option<&Path>) -> anyhow::Result<()>
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
         bail!("privileges could be regained after dropping them");
     }
-    limit_capabilities()?;
+    limit_capabilities(keep)?;
     Ok(())
 }
 
@@ -138,8 +147,11 @@ fn keep_capabilities_across_setuid() -> anyhow::Result<()> {
 }
 
 #[cfg(target_os = "linux")]
-fn limit_capabilities() -> anyhow::Result<()> {
-    caps::limit(&[caps::CAP_NET_ADMIN])
+fn limit_capabilities(keep: Keep) -> anyhow::Result<()> {
+    match keep {
+        Keep::NetAdmin => caps::limit(&[caps::CAP_NET_ADMIN]),
+        Keep::Nothing => caps::limit(&[]),
+    }
 }
 
 /// Confines the monitor on Linux with nftables: it stays uid 0 (it removes the pidfile and
@@ -168,7 +180,7 @@ fn keep_capabilities_across_setuid() -> anyhow::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn limit_capabilities() -> anyhow::Result<()> {
+fn limit_capabilities(_keep: Keep) -> anyhow::Result<()> {
     Ok(())
 }
 
@@ -199,6 +211,6 @@ mod tests {
             uid: Uid::from_raw(0),
             gid: Gid::from_raw(0),
         };
-        assert!(drop_to(&root, None).is_err());
+        assert!(drop_to(&root, None, Keep::Nothing).is_err());
     }
 }

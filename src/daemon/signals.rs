@@ -118,3 +118,21 @@ impl SignalPipe {
         events
     }
 }
+
+/// Ignores every signal the daemon reacts to (the parser: the worker tells it when to stop,
+/// and a Ctrl-C to the foreground process group must not kill it before that).
+///
+/// # Errors
+/// When a disposition cannot be set.
+pub fn ignore_all() -> io::Result<()> {
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for (signal, _) in watched() {
+        if signal == Signal::SIGCHLD {
+            continue;
+        }
+        // SAFETY: SIG_IGN has no handler code.
+        unsafe { sigaction(signal, &ignore) }?;
+    }
+    WRITE_END.store(-1, Ordering::Relaxed);
+    Ok(())
+}

@@ -1,50 +1,55 @@
-//! The worker: the unprivileged process that reads every intercepted packet, drives the
-//! engine, and passes every packet on (DESIGN.md invariant 1).
+//! The worker: the unprivileged process that does the packet I/O. It receives every
+//! intercepted packet, has the sandboxed [`parser`](super::parser) read it, applies the
+//! firewall actions through the monitor, and passes every packet on (DESIGN.md invariant 1).
 //!
 //! Owns the mio event loop (epoll on Linux, kqueue on FreeBSD — one loop, tested here, run
-//! there), the packets held while their hole is being installed, and the requests in flight
-//! to the monitor. Contains no protocol logic: it reads the clock once per turn, hands
-//! bytes and time to the [`Engine`], sends the actions it returns to the monitor, and
-//! passes a held packet once every action it caused is answered (or after
-//! [`HOLD_LIMIT`], so a stuck firewall can delay a packet but never lose it).
+//! there), the packets held until the parser has read them and the monitor has confirmed
+//! their holes, and the messages in flight to both. Contains no protocol logic and never
+//! looks inside a packet: untrusted bytes are only copied to the parser. A packet waits at
+//! most [`HOLD_LIMIT`], so a stuck parser or firewall can delay it but never lose it.
 //!
-//! A later segment of the same connection that announces nothing is not held behind a
-//! held one: it may overtake it by the time the firewall answers, which the receiver's TCP
-//! reorders as it would any reordering on the path.
+//! Every packet is held for the parser's answer (a few microseconds), so the order of a
+//! connection's segments is kept unless one of them waits for a hole; a later segment may
+//! then overtake it, which the receiver's TCP reorders as it would any reordering on the
+//! path.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use ftp6proxy_core::engine::{Engine, Event as EngineEvent, Level};
+use ftp6proxy_core::engine::{Event as EngineEvent, Level};
 use ftp6proxy_core::FwAction;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{recv, send, MsgFlags};
 
 use super::logging;
+use super::parser::{ToParser, ToWorker, MAX_MESSAGE};
 use super::privsep::{Request, Response, RESPONSE_LEN};
 use super::signals::{Event as Signal, SignalPipe};
 use crate::intercept::Intercept;
 
-/// Longest a packet waits for its hole. The firewall normally answers in well under a
-/// millisecond (nftables) or a few (ipfw/pfctl); past this the packet goes on without it.
+/// Longest a packet waits for the parser and its holes. Both normally answer in well under
+/// a millisecond (nftables) or a few (ipfw/pfctl); past this the packet goes on regardless.
 pub const HOLD_LIMIT: Duration = Duration::from_secs(1);
 
-/// Packets read per loop turn before timers and the monitor get a look in.
+/// Packets read per loop turn before the parser and the monitor get a look in.
 const BATCH: usize = 256;
 
-/// How long shutdown waits for the monitor to confirm the last closes.
+/// How long shutdown waits for the parser's closes and the monitor's confirmations.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
 const INTERCEPT: Token = Token(0);
 const MONITOR: Token = Token(1);
-const SIGNALS: Token = Token(2);
+const PARSER: Token = Token(2);
+const SIGNALS: Token = Token(3);
 
-/// A packet waiting for its holes.
+/// A packet waiting for the parser and for its holes.
 struct Held<H> {
     held: H,
+    /// The parser has sent everything this packet needs.
+    parsed: bool,
+    /// Actions of this packet the monitor has not answered yet.
     waiting: usize,
     deadline: Instant,
 }
@@ -62,41 +67,53 @@ pub enum Exit {
     Terminated,
     /// The monitor went away: nothing can be opened any more, exit 1.
     MonitorGone,
+    /// The parser went away (it crashed): exit 1, the monitor cleans up.
+    ParserGone,
 }
 
 /// The worker's state.
 pub struct Worker<I: Intercept> {
-    engine: Engine,
     intercept: I,
     monitor: OwnedFd,
+    parser: OwnedFd,
     signals: SignalPipe,
     held: HashMap<u64, Held<I::Held>>,
     in_flight: HashMap<u32, InFlight>,
     /// Requests the monitor's socket would not take yet, in order.
-    backlog: VecDeque<Request>,
+    to_monitor: VecDeque<Request>,
+    /// Messages the parser's socket would not take yet, in order.
+    to_parser: VecDeque<Vec<u8>>,
+    parser_closed: bool,
     next_packet: u64,
     next_request: u32,
     passed_late: u64,
 }
 
+/// A socket peer that has gone away.
+#[derive(Debug)]
+struct Gone;
+
 impl<I: Intercept> Worker<I> {
-    /// A worker around an opened intercept and the monitor's socket end.
-    pub fn new(engine: Engine, intercept: I, monitor: OwnedFd, signals: SignalPipe) -> Self {
+    /// A worker around an opened intercept and its sockets to the monitor and the parser
+    /// (both non-blocking).
+    pub fn new(intercept: I, monitor: OwnedFd, parser: OwnedFd, signals: SignalPipe) -> Self {
         Worker {
-            engine,
             intercept,
             monitor,
+            parser,
             signals,
             held: HashMap::new(),
             in_flight: HashMap::new(),
-            backlog: VecDeque::new(),
+            to_monitor: VecDeque::new(),
+            to_parser: VecDeque::new(),
+            parser_closed: false,
             next_packet: 0,
             next_request: 0,
             passed_late: 0,
         }
     }
 
-    /// Runs until a terminating signal or the monitor's exit.
+    /// Runs until a terminating signal or the loss of the monitor or the parser.
     ///
     /// # Errors
     /// When the event loop itself fails (not for packet or firewall trouble, which is
@@ -104,57 +121,54 @@ impl<I: Intercept> Worker<I> {
     pub fn run(mut self) -> anyhow::Result<Exit> {
         let mut poll = Poll::new()?;
         let registry = poll.registry();
-        registry.register(
-            &mut SourceFd(&self.intercept.as_raw_fd()),
-            INTERCEPT,
-            Interest::READABLE,
-        )?;
-        registry.register(
-            &mut SourceFd(&self.monitor.as_raw_fd()),
-            MONITOR,
-            Interest::READABLE,
-        )?;
-        registry.register(
-            &mut SourceFd(&self.signals.fd()),
-            SIGNALS,
-            Interest::READABLE,
-        )?;
+        let sources = [
+            (self.intercept.as_raw_fd(), INTERCEPT),
+            (self.monitor.as_raw_fd(), MONITOR),
+            (self.parser.as_raw_fd(), PARSER),
+            (self.signals.fd(), SIGNALS),
+        ];
+        for (fd, token) in sources {
+            registry.register(&mut SourceFd(&fd), token, Interest::READABLE)?;
+        }
         let mut events = Events::with_capacity(16);
         // mio is edge-triggered: a source read only partly must be read again without
         // waiting for a new edge.
         let mut intercept_pending = true;
         loop {
-            let now = Instant::now();
             let timeout = if intercept_pending {
                 Some(Duration::ZERO)
             } else {
                 self.next_deadline()
-                    .map(|at| at.saturating_duration_since(now))
+                    .map(|at| at.saturating_duration_since(Instant::now()))
             };
             if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
+                if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(e.into());
                 }
             }
-            let mut monitor_ready = false;
-            let mut signals_ready = false;
+            let (mut monitor_ready, mut parser_ready, mut signals_ready) = (false, false, false);
             for event in &events {
                 match event.token() {
                     INTERCEPT => intercept_pending = true,
                     MONITOR => monitor_ready = true,
+                    PARSER => parser_ready = true,
                     SIGNALS => signals_ready = true,
                     _ => {}
                 }
             }
             let now = Instant::now();
-            if monitor_ready && self.read_monitor(now).is_err() {
-                self.pass_all_held();
-                self.log_events();
-                log::error!("monitor process is gone; exiting");
-                return Ok(Exit::MonitorGone);
-            }
             if intercept_pending {
                 intercept_pending = self.read_packets(now);
+            }
+            if parser_ready && self.read_parser().is_err() {
+                log::error!("parser process is gone; exiting");
+                self.pass_all_held();
+                return Ok(Exit::ParserGone);
+            }
+            if monitor_ready && self.read_monitor().is_err() {
+                log::error!("monitor process is gone; exiting");
+                self.pass_all_held();
+                return Ok(Exit::MonitorGone);
             }
             if signals_ready {
                 for signal in self.signals.drain() {
@@ -164,81 +178,70 @@ impl<I: Intercept> Worker<I> {
                             logging::reopen();
                             log::info!("log reopened");
                         }
-                        Signal::Status => log::info!("{}", self.status()),
+                        Signal::Status => {
+                            self.tell_parser(&ToParser::Status);
+                            log::info!(
+                                "worker held={} in_flight={} passed_late={}",
+                                self.held.len(),
+                                self.in_flight.len(),
+                                self.passed_late
+                            );
+                        }
                         Signal::Child => {}
                     }
                 }
             }
-            self.on_timers(Instant::now());
-            self.flush_backlog();
-            self.log_events();
+            self.pass_overdue(Instant::now());
+            self.flush();
         }
     }
 
-    fn status(&self) -> String {
-        format!(
-            "{} held={} in_flight={} passed_late={}",
-            self.engine.status(),
-            self.held.len(),
-            self.in_flight.len(),
-            self.passed_late
-        )
-    }
-
-    /// The earliest of the engine's timer and the held packets' limits.
+    /// The earliest hold limit of a held packet.
     fn next_deadline(&self) -> Option<Instant> {
-        let held = self.held.values().map(|h| h.deadline).min();
-        match (self.engine.poll_timeout(), held) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.held.values().map(|h| h.deadline).min()
     }
 
-    /// Reads up to [`BATCH`] packets; returns whether more may be waiting.
+    /// Reads up to [`BATCH`] packets, holds each and sends it to the parser; returns
+    /// whether more may be waiting.
     fn read_packets(&mut self, now: Instant) -> bool {
         for _ in 0..BATCH {
-            let outcome = match self.intercept.recv() {
-                // The engine reads the bytes in place; nothing is copied.
-                Ok(Some(packet)) => self
-                    .engine
-                    .on_packet_with(now, packet.bytes, packet.checksum),
+            let id = self.next_packet;
+            let mut message = Vec::new();
+            match self.intercept.recv() {
+                Ok(Some(packet)) => ToParser::Packet {
+                    id,
+                    checksum: packet.checksum,
+                    bytes: packet.bytes,
+                }
+                .encode(&mut message),
                 Ok(None) => return false,
                 Err(e) => {
                     log::error!("reading intercepted packets: {e}");
                     return false;
                 }
-            };
-            if outcome.must_wait() {
-                let id = self.next_packet;
-                self.next_packet += 1;
-                let waiting = outcome
-                    .actions
-                    .iter()
-                    .filter(|a| a.needs_confirmation())
-                    .count();
-                let held = self.intercept.hold_current();
-                self.held.insert(
-                    id,
-                    Held {
-                        held,
-                        waiting,
-                        deadline: now + HOLD_LIMIT,
-                    },
-                );
-                for action in outcome.actions {
-                    let packet = action.needs_confirmation().then_some(id);
-                    self.submit(action, packet);
-                }
-            } else {
-                for action in outcome.actions {
-                    self.submit(action, None);
-                }
-                if let Err(e) = self.intercept.pass_current() {
-                    log::error!("passing a packet on: {e}");
-                }
             }
+            self.next_packet += 1;
+            let held = self.intercept.hold_current();
+            self.held.insert(
+                id,
+                Held {
+                    held,
+                    parsed: false,
+                    waiting: 0,
+                    deadline: now + HOLD_LIMIT,
+                },
+            );
+            self.to_parser.push_back(message);
+            self.flush();
         }
         true
+    }
+
+    fn tell_parser(&mut self, message: &ToParser<'_>) {
+        let mut bytes = Vec::new();
+        message.encode(&mut bytes);
+        self.to_parser.push_back(bytes);
+        self.flush();
     }
 
     /// Sends one action to the monitor.
@@ -246,79 +249,114 @@ impl<I: Intercept> Worker<I> {
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1);
         self.in_flight.insert(id, InFlight { action, packet });
-        self.backlog.push_back(Request { id, action });
-        self.flush_backlog();
+        self.to_monitor.push_back(Request { id, action });
     }
 
-    /// Sends queued requests until the socket would block.
-    fn flush_backlog(&mut self) {
-        while let Some(request) = self.backlog.front() {
-            match send(
-                self.monitor.as_raw_fd(),
-                &request.encode(),
-                MsgFlags::empty(),
-            ) {
-                Ok(_) => {
-                    self.backlog.pop_front();
+    /// Sends queued messages to both peers until a socket would block.
+    fn flush(&mut self) {
+        while let Some(request) = self.to_monitor.front() {
+            match send_one(&self.monitor, &request.encode()) {
+                Sent::Yes => {
+                    self.to_monitor.pop_front();
                 }
-                Err(nix::errno::Errno::EAGAIN) => return,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    // The monitor is gone; read_monitor sees the EOF and ends the loop.
-                    log::error!("sending a firewall request: {e}");
-                    return;
+                Sent::Later => break,
+                Sent::Gone => break, // read_monitor sees the EOF and ends the loop
+            }
+        }
+        while let Some(message) = self.to_parser.front() {
+            match send_one(&self.parser, message) {
+                Sent::Yes => {
+                    self.to_parser.pop_front();
                 }
+                Sent::Later | Sent::Gone => break,
             }
         }
     }
 
-    /// Reads the monitor's answers. `Err` when the monitor has gone away.
-    fn read_monitor(&mut self, now: Instant) -> Result<(), ()> {
+    /// Reads the parser's messages.
+    fn read_parser(&mut self) -> Result<(), Gone> {
+        let mut buf = [0u8; 128];
+        loop {
+            let n = match recv(self.parser.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return Err(Gone),
+                Ok(n) => n,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return Err(Gone),
+            };
+            match ToWorker::decode(&buf[..n]) {
+                Ok(ToWorker::Action { packet, action }) => {
+                    // A packet already passed on (hold limit) no longer waits for its hole.
+                    let packet = packet.filter(|id| self.held.contains_key(id));
+                    if let Some(held) = packet.and_then(|id| self.held.get_mut(&id)) {
+                        held.waiting += usize::from(action.needs_confirmation());
+                    }
+                    let waits = packet.filter(|_| action.needs_confirmation());
+                    self.submit(action, waits);
+                }
+                Ok(ToWorker::Done { packet }) => {
+                    if let Some(held) = self.held.get_mut(&packet) {
+                        held.parsed = true;
+                    }
+                    self.release_if_ready(packet);
+                }
+                Ok(ToWorker::Closed) => self.parser_closed = true,
+                Err(e) => log::error!("parser sent a {e}"),
+            }
+        }
+    }
+
+    /// Reads the monitor's answers and forwards them to the parser.
+    fn read_monitor(&mut self) -> Result<(), Gone> {
         let mut buf = [0u8; 64];
         loop {
             match recv(self.monitor.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return Err(()),
+                Ok(0) => return Err(Gone),
                 Ok(n) => match Response::decode(&buf[..n.min(RESPONSE_LEN + 1)]) {
-                    Ok(response) => self.answer(now, response),
+                    Ok(response) => self.answer(response),
                     Err(e) => log::error!("monitor sent a {e}"),
                 },
                 Err(nix::errno::Errno::EAGAIN) => return Ok(()),
                 Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => return Err(()),
+                Err(_) => return Err(Gone),
             }
         }
     }
 
-    fn answer(&mut self, now: Instant, response: Response) {
+    fn answer(&mut self, response: Response) {
         let Some(in_flight) = self.in_flight.remove(&response.id) else {
             return;
         };
-        self.engine.hole_result(now, &in_flight.action, response.ok);
+        if !self.parser_closed {
+            self.tell_parser(&ToParser::Answer {
+                action: in_flight.action,
+                ok: response.ok,
+            });
+        }
         if let Some(packet) = in_flight.packet {
-            self.release(packet, 1);
+            if let Some(held) = self.held.get_mut(&packet) {
+                held.waiting = held.waiting.saturating_sub(1);
+            }
+            self.release_if_ready(packet);
         }
     }
 
-    /// One of the packet's actions was answered; pass it when all are.
-    fn release(&mut self, packet: u64, answered: usize) {
-        let Some(held) = self.held.get_mut(&packet) else {
-            return;
-        };
-        held.waiting = held.waiting.saturating_sub(answered);
-        if held.waiting == 0 {
+    /// Passes the packet on once the parser is done with it and its holes are confirmed.
+    fn release_if_ready(&mut self, packet: u64) {
+        if self
+            .held
+            .get(&packet)
+            .is_some_and(|h| h.parsed && h.waiting == 0)
+        {
             let held = self.held.remove(&packet).expect("present above");
             if let Err(e) = self.intercept.pass_held(held.held) {
-                log::error!("passing a held packet on: {e}");
+                log::error!("passing a packet on: {e}");
             }
         }
     }
 
-    fn on_timers(&mut self, now: Instant) {
-        if self.engine.poll_timeout().is_some_and(|at| at <= now) {
-            for action in self.engine.tick(now) {
-                self.submit(action, None);
-            }
-        }
+    /// Passes every packet whose hold limit is over.
+    fn pass_overdue(&mut self, now: Instant) {
         let late: Vec<u64> = self
             .held
             .iter()
@@ -329,10 +367,13 @@ impl<I: Intercept> Worker<I> {
             if let Some(held) = self.held.remove(&packet) {
                 self.passed_late += 1;
                 log::error!(
-                    "firewall did not answer within {HOLD_LIMIT:?}; packet passed without waiting"
+                    "no answer within {HOLD_LIMIT:?} (parser done: {}, holes pending: {}); \
+                     packet passed without waiting",
+                    held.parsed,
+                    held.waiting
                 );
                 if let Err(e) = self.intercept.pass_held(held.held) {
-                    log::error!("passing a held packet on: {e}");
+                    log::error!("passing a packet on: {e}");
                 }
             }
         }
@@ -341,38 +382,67 @@ impl<I: Intercept> Worker<I> {
     fn pass_all_held(&mut self) {
         for (_, held) in self.held.drain() {
             if let Err(e) = self.intercept.pass_held(held.held) {
-                log::error!("passing a held packet on: {e}");
+                log::error!("passing a packet on: {e}");
             }
         }
     }
 
-    /// Closes every hole, waits (bounded) for the monitor to confirm, passes what is held.
+    /// Has the parser close every hole, waits (bounded) for the monitor to confirm, and
+    /// passes what is held.
     fn shutdown(&mut self) -> Exit {
-        log::info!("terminating: closing {} holes", self.engine.open_holes());
-        for action in self.engine.shutdown() {
-            self.submit(action, None);
-        }
+        self.tell_parser(&ToParser::Shutdown);
         let deadline = Instant::now() + SHUTDOWN_WAIT;
-        while (!self.in_flight.is_empty() || !self.backlog.is_empty()) && Instant::now() < deadline
-        {
-            self.flush_backlog();
-            let mut fds = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&self.monitor),
-                nix::poll::PollFlags::POLLIN,
-            )];
+        while Instant::now() < deadline {
+            self.flush();
+            let settled = self.parser_closed
+                && self.in_flight.is_empty()
+                && self.to_monitor.is_empty()
+                && self.to_parser.is_empty();
+            if settled {
+                break;
+            }
+            let mut fds = [
+                nix::poll::PollFd::new(
+                    std::os::fd::AsFd::as_fd(&self.monitor),
+                    nix::poll::PollFlags::POLLIN,
+                ),
+                nix::poll::PollFd::new(
+                    std::os::fd::AsFd::as_fd(&self.parser),
+                    nix::poll::PollFlags::POLLIN,
+                ),
+            ];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16));
-            if self.read_monitor(Instant::now()).is_err() {
+            let parser_gone = self.read_parser().is_err();
+            if self.read_monitor().is_err() {
+                break;
+            }
+            if parser_gone && !self.parser_closed {
                 break;
             }
         }
         self.pass_all_held();
-        self.log_events();
         Exit::Terminated
     }
+}
 
-    fn log_events(&mut self) {
-        while let Some(event) = self.engine.poll_event() {
-            log_event(&event);
+/// The outcome of one non-blocking send.
+enum Sent {
+    Yes,
+    Later,
+    Gone,
+}
+
+fn send_one(socket: &OwnedFd, bytes: &[u8]) -> Sent {
+    debug_assert!(bytes.len() <= MAX_MESSAGE);
+    loop {
+        match send(socket.as_raw_fd(), bytes, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => return Sent::Yes,
+            Err(nix::errno::Errno::EAGAIN) => return Sent::Later,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                log::error!("sending to a peer process: {e}");
+                return Sent::Gone;
+            }
         }
     }
 }
@@ -387,18 +457,74 @@ pub fn log_event(event: &EngineEvent) {
     }
 }
 
+/// Packets for the worker's and the parser's tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// A TCP segment from client to server (IPv6, port 21) with `payload`.
+    pub fn segment(seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&21u16.to_be_bytes());
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = if syn { 0x02 } else { 0x18 };
+        let src: std::net::Ipv6Addr = "2001:db8:1::10".parse().expect("literal");
+        let dst: std::net::Ipv6Addr = "2001:db8:2::21".parse().expect("literal");
+        let mut body = tcp.to_vec();
+        body.extend_from_slice(payload);
+        // TCP checksum over the IPv6 pseudo-header (RFC 8200 §8.1).
+        let mut sum: u32 = 0;
+        let mut add = |bytes: &[u8]| {
+            for pair in bytes.chunks(2) {
+                sum += u32::from(pair[0]) << 8 | pair.get(1).map_or(0, |&b| u32::from(b));
+            }
+        };
+        let len = u32::try_from(body.len()).expect("small");
+        add(&src.octets());
+        add(&dst.octets());
+        add(&len.to_be_bytes());
+        add(&[0, 0, 0, 6]);
+        add(&body);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let checksum = !u16::try_from(sum).expect("folded");
+        body[16..18].copy_from_slice(&checksum.to_be_bytes());
+        let mut packet = vec![0x60, 0, 0, 0];
+        packet.extend_from_slice(&u16::try_from(body.len()).expect("small").to_be_bytes());
+        packet.extend_from_slice(&[6, 64]);
+        packet.extend_from_slice(&src.octets());
+        packet.extend_from_slice(&dst.octets());
+        packet.extend_from_slice(&body);
+        packet
+    }
+
+    /// SYN, NOOP, an EPRT (the only announcement: packet 2), NOOP.
+    pub fn conversation() -> Vec<Vec<u8>> {
+        let eprt = b"EPRT |2|2001:db8:1::10|50000|\r\n";
+        vec![
+            segment(1000, true, b""),
+            segment(1001, false, b"NOOP\r\n"),
+            segment(1007, false, eprt),
+            segment(1007 + 32, false, b"NOOP\r\n"),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    //! The worker's half of invariant 1, with a scripted intercept and the test playing the
-    //! monitor: every packet is passed exactly once — at once when it announces nothing,
-    //! after its hole is confirmed when it does, and also when the firewall refuses, stays
-    //! silent, or goes away.
+    //! The worker's half of invariant 1, with a scripted intercept, a real parser thread
+    //! (or a silent one) and the test playing the monitor: every packet is passed exactly
+    //! once and unchanged — after the parser read it, and after its hole is confirmed when
+    //! it announces one — also when the firewall refuses, a peer stays silent or goes away.
+    use super::tests_support::conversation;
     use super::*;
     use crate::intercept::Packet;
-    use ftp6proxy_core::engine::{Checksum, Config};
+    use ftp6proxy_core::engine::{Checksum, Config, Engine};
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::fs::File;
-    use std::os::fd::{AsRawFd, RawFd};
+    use std::io;
+    use std::os::fd::RawFd;
 
     /// Packets to deliver, and what was passed (by index, in order).
     struct Scripted {
@@ -446,191 +572,232 @@ mod tests {
         }
     }
 
-    /// A TCP segment from client to server (IPv6, port 21) with `payload`.
-    fn segment(seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
-        let mut tcp = [0u8; 20];
-        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-        tcp[2..4].copy_from_slice(&21u16.to_be_bytes());
-        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-        tcp[12] = 5 << 4;
-        tcp[13] = if syn { 0x02 } else { 0x18 };
-        let src: std::net::Ipv6Addr = "2001:db8:1::10".parse().unwrap();
-        let dst: std::net::Ipv6Addr = "2001:db8:2::21".parse().unwrap();
-        let mut body = tcp.to_vec();
-        body.extend_from_slice(payload);
-        // TCP checksum over the IPv6 pseudo-header (RFC 8200 §8.1).
-        let mut sum: u32 = 0;
-        let mut add = |bytes: &[u8]| {
-            for pair in bytes.chunks(2) {
-                let hi = u32::from(pair[0]) << 8;
-                sum += hi | pair.get(1).map_or(0, |&b| u32::from(b));
-            }
-        };
-        add(&src.octets());
-        add(&dst.octets());
-        add(&u32::try_from(body.len()).unwrap().to_be_bytes());
-        add(&[0, 0, 0, 6]);
-        add(&body);
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        let checksum = !u16::try_from(sum).unwrap();
-        body[16..18].copy_from_slice(&checksum.to_be_bytes());
-        let mut packet = vec![0x60, 0, 0, 0];
-        packet.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
-        packet.extend_from_slice(&[6, 64]);
-        packet.extend_from_slice(&src.octets());
-        packet.extend_from_slice(&dst.octets());
-        packet.extend_from_slice(&body);
-        packet
-    }
-
-    fn worker(packets: Vec<Vec<u8>>) -> (Worker<Scripted>, OwnedFd) {
-        let (ours, theirs) = socketpair(
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockFlag::SOCK_CLOEXEC,
         )
-        .unwrap();
+        .expect("socketpair")
+    }
+
+    struct Rig {
+        worker: Worker<Scripted>,
+        monitor: OwnedFd,
+        parser: Option<std::thread::JoinHandle<nix::Result<()>>>,
+        silent_parser: Option<OwnedFd>,
+    }
+
+    /// A worker wired to a real parser thread (or, `real_parser == false`, to a parser
+    /// that never answers) and to the test as monitor.
+    fn rig(real_parser: bool) -> Rig {
+        let (monitor, worker_monitor_end) = pair();
+        let (worker_parser_end, parser_end) = pair();
+        for fd in [&worker_monitor_end, &worker_parser_end] {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+        }
+        let (parser, silent_parser) = if real_parser {
+            let thread = std::thread::spawn(move || {
+                super::super::parser::run(Engine::new(Config::default()), &parser_end)
+            });
+            (Some(thread), None)
+        } else {
+            (None, Some(parser_end))
+        };
         let intercept = Scripted {
-            queue: packets.into(),
+            queue: conversation().into(),
             current: None,
             delivered: 0,
             passed: Vec::new(),
             fd: File::open("/dev/null").unwrap(),
         };
-        let engine = Engine::new(Config::default());
         let signals = SignalPipe::install().unwrap();
-        (Worker::new(engine, intercept, ours, signals), theirs)
-    }
-
-    fn conversation() -> Vec<Vec<u8>> {
-        let eprt = b"EPRT |2|2001:db8:1::10|50000|\r\n";
-        vec![
-            segment(1000, true, b""),
-            segment(1001, false, b"NOOP\r\n"),
-            segment(1007, false, eprt),
-            segment(1007 + 32, false, b"NOOP\r\n"),
-        ]
-    }
-
-    /// The monitor's side: read every request waiting.
-    fn requests(monitor: &OwnedFd) -> Vec<Request> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 64];
-        while let Ok(n @ 1..) = recv(monitor.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-            out.push(Request::decode(&buf[..n]).unwrap());
+        Rig {
+            worker: Worker::new(intercept, worker_monitor_end, worker_parser_end, signals),
+            monitor,
+            parser,
+            silent_parser,
         }
-        out
     }
 
-    fn answer(monitor: &OwnedFd, id: u32, ok: bool) {
-        send(
-            monitor.as_raw_fd(),
-            &Response { id, ok }.encode(),
-            MsgFlags::empty(),
-        )
-        .unwrap();
+    impl Rig {
+        /// Lets the parser thread answer, then reads its answers (bounded wait).
+        fn settle(&mut self, until: impl Fn(&Worker<Scripted>) -> bool) {
+            for _ in 0..200 {
+                self.worker.flush();
+                let _ = self.worker.read_parser();
+                let _ = self.worker.read_monitor();
+                self.worker.flush();
+                if until(&self.worker) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("the worker did not settle within 1 s");
+        }
+
+        /// The monitor's side: the requests waiting.
+        fn requests(&self) -> Vec<Request> {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = recv(self.monitor.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
+            {
+                out.push(Request::decode(&buf[..n]).unwrap());
+            }
+            out
+        }
+
+        fn answer(&self, id: u32, ok: bool) {
+            send(
+                self.monitor.as_raw_fd(),
+                &Response { id, ok }.encode(),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+        }
+
+        fn passed(&self) -> Vec<usize> {
+            self.worker
+                .intercept
+                .passed
+                .iter()
+                .map(|(i, _)| *i)
+                .collect()
+        }
     }
 
-    fn passed(w: &Worker<Scripted>) -> Vec<usize> {
-        w.intercept.passed.iter().map(|(i, _)| *i).collect()
+    #[allow(clippy::disallowed_methods)]
+    fn now() -> Instant {
+        Instant::now()
     }
 
-    /// Invariant 1 and 2: the announcing packet waits for its hole, all others pass at
-    /// once, and every packet is passed exactly once, unchanged.
+    /// Invariants 1 and 2: the announcing packet waits for its hole, the others pass once
+    /// the parser has read them, and every packet is passed exactly once, unchanged.
     #[test]
     fn announcing_packet_waits_for_its_hole_and_every_packet_passes_once() {
-        let packets = conversation();
-        let (mut w, monitor) = worker(packets.clone());
-        #[allow(clippy::disallowed_methods)]
-        let now = Instant::now();
-        assert!(!w.read_packets(now), "all four packets read in one batch");
+        let mut rig = rig(true);
+        assert!(
+            !rig.worker.read_packets(now()),
+            "all four packets read in one batch"
+        );
+        rig.settle(|w| w.intercept.passed.len() == 3 && !w.in_flight.is_empty());
         assert_eq!(
-            passed(&w),
+            rig.passed(),
             [0, 1, 3],
             "packet 2 (EPRT) must wait for its hole"
         );
-        let sent = requests(&monitor);
+        let sent = rig.requests();
         assert_eq!(sent.len(), 1);
         assert!(matches!(sent[0].action, FwAction::Open { .. }));
-        answer(&monitor, sent[0].id, true);
-        w.read_monitor(now).unwrap();
-        assert_eq!(passed(&w), [0, 1, 3, 2]);
-        for (index, bytes) in &w.intercept.passed {
+        rig.answer(sent[0].id, true);
+        rig.settle(|w| w.intercept.passed.len() == 4);
+        assert_eq!(rig.passed(), [0, 1, 3, 2]);
+        let packets = conversation();
+        for (index, bytes) in &rig.worker.intercept.passed {
             assert_eq!(bytes, &packets[*index], "packet {index} changed");
         }
-        assert!(w.held.is_empty());
+        assert!(rig.worker.held.is_empty());
     }
 
     /// Invariant 1: a refused hole still lets the packet go.
     #[test]
     fn refused_hole_still_passes_the_packet() {
-        let (mut w, monitor) = worker(conversation());
-        #[allow(clippy::disallowed_methods)]
-        let now = Instant::now();
-        while w.read_packets(now) {}
-        let sent = requests(&monitor);
-        answer(&monitor, sent[0].id, false);
-        w.read_monitor(now).unwrap();
-        assert_eq!(passed(&w), [0, 1, 3, 2]);
-        assert_eq!(w.engine.open_holes(), 0);
+        let mut rig = rig(true);
+        rig.worker.read_packets(now());
+        rig.settle(|w| !w.in_flight.is_empty());
+        let sent = rig.requests();
+        rig.answer(sent[0].id, false);
+        rig.settle(|w| w.intercept.passed.len() == 4);
+        assert_eq!(rig.passed(), [0, 1, 3, 2]);
     }
 
-    /// Invariant 1: a silent firewall delays the packet by at most HOLD_LIMIT.
+    /// Invariant 1: a silent parser delays packets by at most HOLD_LIMIT.
     #[test]
-    fn silent_monitor_delays_the_packet_at_most_the_hold_limit() {
-        let (mut w, _monitor) = worker(conversation());
-        #[allow(clippy::disallowed_methods)]
-        let now = Instant::now();
-        while w.read_packets(now) {}
-        w.on_timers(now + HOLD_LIMIT - Duration::from_millis(1));
-        assert_eq!(passed(&w), [0, 1, 3]);
-        w.on_timers(now + HOLD_LIMIT);
-        assert_eq!(passed(&w), [0, 1, 3, 2]);
-        assert_eq!(w.passed_late, 1);
+    fn silent_parser_delays_packets_at_most_the_hold_limit() {
+        let mut rig = rig(false);
+        let start = now();
+        rig.worker.read_packets(start);
+        rig.worker
+            .pass_overdue(start + HOLD_LIMIT - Duration::from_millis(1));
+        assert!(rig.passed().is_empty());
+        rig.worker.pass_overdue(start + HOLD_LIMIT);
+        assert_eq!(rig.passed().len(), 4);
+        assert_eq!(rig.worker.passed_late, 4);
+        drop(rig.silent_parser.take());
     }
 
-    /// Invariant 1: when the monitor goes away, held packets are passed before exiting.
+    /// Invariant 1: when the parser goes away, the loss is seen and held packets pass.
+    #[test]
+    fn lost_parser_releases_held_packets() {
+        let mut rig = rig(false);
+        rig.worker.read_packets(now());
+        drop(rig.silent_parser.take());
+        assert!(rig.worker.read_parser().is_err());
+        rig.worker.pass_all_held();
+        assert_eq!(rig.passed().len(), 4);
+    }
+
+    /// Invariant 1: when the monitor goes away, the loss is seen and held packets pass.
     #[test]
     fn lost_monitor_releases_held_packets() {
-        let (mut w, monitor) = worker(conversation());
-        #[allow(clippy::disallowed_methods)]
-        let now = Instant::now();
-        while w.read_packets(now) {}
+        let mut rig = rig(true);
+        rig.worker.read_packets(now());
+        rig.settle(|w| !w.in_flight.is_empty());
+        let Rig {
+            mut worker,
+            monitor,
+            parser,
+            ..
+        } = rig;
         drop(monitor);
-        assert!(w.read_monitor(now).is_err());
-        w.pass_all_held();
-        assert_eq!(passed(&w), [0, 1, 3, 2]);
+        assert!(worker.read_monitor().is_err());
+        worker.pass_all_held();
+        assert_eq!(worker.intercept.passed.len(), 4);
+        drop(worker);
+        parser.unwrap().join().unwrap().unwrap();
     }
 
-    /// Invariant 6: shutdown sends a close for every open hole and passes what is held.
+    /// Invariant 6: shutdown has the parser close every hole, waits for the monitor, and
+    /// passes everything.
     #[test]
     fn shutdown_closes_holes_and_passes_everything() {
-        let (mut w, monitor) = worker(conversation());
-        #[allow(clippy::disallowed_methods)]
-        let now = Instant::now();
-        while w.read_packets(now) {}
-        let open = requests(&monitor);
-        answer(&monitor, open[0].id, true);
-        w.read_monitor(now).unwrap();
-        let closer = std::thread::spawn(move || {
+        let mut rig = rig(true);
+        rig.worker.read_packets(now());
+        rig.settle(|w| !w.in_flight.is_empty());
+        let open = rig.requests();
+        rig.answer(open[0].id, true);
+        rig.settle(|w| w.intercept.passed.len() == 4);
+        let Rig {
+            mut worker,
+            monitor,
+            parser,
+            ..
+        } = rig;
+        let monitor_thread = std::thread::spawn(move || {
             // Play the monitor: confirm the close the worker sends while shutting down.
-            for _ in 0..100 {
-                if let Some(request) = requests(&monitor).first() {
-                    assert!(matches!(request.action, FwAction::Close { .. }));
-                    answer(&monitor, request.id, true);
-                    return monitor;
+            let mut buf = [0u8; 64];
+            let n = recv(monitor.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+            let request = Request::decode(&buf[..n]).unwrap();
+            assert!(matches!(request.action, FwAction::Close { .. }));
+            send(
+                monitor.as_raw_fd(),
+                &Response {
+                    id: request.id,
+                    ok: true,
                 }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            panic!("no close request within 1 s");
+                .encode(),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+            monitor
         });
-        assert_eq!(w.shutdown(), Exit::Terminated);
-        drop(closer.join().unwrap());
-        assert_eq!(w.engine.open_holes(), 0);
-        assert!(w.in_flight.is_empty());
-        assert_eq!(passed(&w).len(), 4);
+        assert_eq!(worker.shutdown(), Exit::Terminated);
+        drop(monitor_thread.join().unwrap());
+        assert!(worker.parser_closed);
+        assert!(worker.in_flight.is_empty());
+        parser.unwrap().join().unwrap().unwrap();
     }
 }

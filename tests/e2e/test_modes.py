@@ -1,5 +1,6 @@
 """The daemon as administrators run it, not only in -d -d: privilege drop (the worker keeps
-only CAP_NET_ADMIN), detaching with a locked pidfile, chroot, status on SIGUSR1, --check."""
+only CAP_NET_ADMIN, the parser nothing), detaching with a locked pidfile, chroot, status on
+SIGUSR1, SIGHUP, --check, and a second instance that must not disturb the first."""
 import os
 import signal
 import subprocess
@@ -51,7 +52,7 @@ def passive_download_works(family=6):
     assert r.returncode == 0, f"curl failed with the daemon running:\n{r.stderr}"
 
 
-def test_worker_drops_to_65535_and_monitor_keeps_only_what_it_needs(tmp_path):
+def test_each_process_keeps_only_what_it_needs(tmp_path):
     proc = start(tmp_path, "-d")
     try:
         workers = children(proc.pid)
@@ -64,6 +65,13 @@ def test_worker_drops_to_65535_and_monitor_keeps_only_what_it_needs(tmp_path):
         assert int(status["CapEff"], 16) == CAP_NET_ADMIN, status["CapEff"]
         assert int(status["CapPrm"], 16) == CAP_NET_ADMIN, status["CapPrm"]
         assert status["NoNewPrivs"] == "1"
+        # The parser, the worker's child, reads the untrusted bytes with no capability.
+        parsers = children(workers[0])
+        assert len(parsers) == 1, f"expected one parser process, found {parsers}"
+        parser = proc_status(parsers[0])
+        assert set(parser["Uid"].split()) == {"65535"}, parser["Uid"]
+        assert int(parser["CapEff"], 16) == 0 and int(parser["CapPrm"], 16) == 0, parser
+        assert parser["NoNewPrivs"] == "1"
         # The monitor stays uid 0 (pidfile, outlives the worker) with only CAP_NET_ADMIN
         # (nftables) and CAP_KILL (to signal the worker); the worker still passes packets.
         monitor = proc_status(proc.pid)
@@ -83,7 +91,9 @@ def test_chrooted_worker_still_works(tmp_path):
     proc = start(tmp_path, "-d", "-r", str(root))
     try:
         worker = children(proc.pid)[0]
+        parser = children(worker)[0]
         assert os.readlink(f"/proc/{worker}/root") == str(root)
+        assert os.readlink(f"/proc/{parser}/root") == str(root)
         passive_download_works(4)
     finally:
         stop(proc)

@@ -44,16 +44,16 @@ pub fn open_firewall(settings: &Settings) -> anyhow::Result<Box<dyn Firewall>> {
     open_tool_firewall(settings)?.context("firewall backend")
 }
 
-/// The worker does not enter Capsicum capability mode: reinjecting a diverted packet needs
-/// `sendto(2)` with the sockaddr it came with, and the kernel refuses any send with a
-/// destination address in capability mode (`sendit()` in sys/kern/uipc_syscalls.c returns
-/// ECAPMODE when `msg_name` is set). Its confinement is the chroot and the privilege drop;
-/// a sandboxed parser process fed by the worker is the way to Capsicum (see ARCHITECTURE.md).
+/// Puts the parser into Capsicum capability mode once its descriptors are open: from here
+/// on it can use only the socket to the worker (and syslog's, already connected). The
+/// worker itself cannot enter capability mode: reinjecting a diverted packet is a
+/// `sendto(2)` with an address, which the kernel refuses there (`sendit()` in
+/// sys/kern/uipc_syscalls.c returns ECAPMODE when `msg_name` is set).
 ///
 /// # Errors
-/// Never.
+/// When cap_enter(2) fails.
 pub fn sandbox() -> anyhow::Result<()> {
-    Ok(())
+    capsicum::enter().context("enter Capsicum capability mode")
 }
 
 /// Name of the intercept mechanism, for the start line.

@@ -41,7 +41,8 @@ pub fn open_firewall(settings: &Settings) -> anyhow::Result<Box<dyn Firewall>> {
     open_tool_firewall(settings)?.context("firewall backend")
 }
 
-/// Linux has no Capsicum; the worker's confinement is the privilege drop.
+/// Linux has no Capsicum; the parser's confinement is the privilege drop (no capability at
+/// all, no_new_privs, chroot with `-r`).
 ///
 /// # Errors
 /// Never.
