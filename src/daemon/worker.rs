@@ -36,6 +36,11 @@ pub const HOLD_LIMIT: Duration = Duration::from_secs(1);
 /// Packets read per loop turn before the parser and the monitor get a look in.
 const BATCH: usize = 256;
 
+/// Packets held at once. Past this the worker stops reading until some are passed, so a
+/// flood waits in the kernel's queue (bounded there, fail-open on Linux) rather than in
+/// our memory.
+const MAX_HELD: usize = 1024;
+
 /// How long shutdown waits for the parser's closes and the monitor's confirmations.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 
@@ -135,7 +140,7 @@ impl<I: Intercept> Worker<I> {
         // waiting for a new edge.
         let mut intercept_pending = true;
         loop {
-            let timeout = if intercept_pending {
+            let timeout = if intercept_pending && self.held.len() < MAX_HELD {
                 Some(Duration::ZERO)
             } else {
                 self.next_deadline()
@@ -201,10 +206,13 @@ impl<I: Intercept> Worker<I> {
         self.held.values().map(|h| h.deadline).min()
     }
 
-    /// Reads up to [`BATCH`] packets, holds each and sends it to the parser; returns
-    /// whether more may be waiting.
+    /// Reads up to [`BATCH`] packets (fewer once [`MAX_HELD`] are held), holds each and
+    /// sends it to the parser; returns whether more may be waiting.
     fn read_packets(&mut self, now: Instant) -> bool {
         for _ in 0..BATCH {
+            if self.held.len() >= MAX_HELD {
+                return true;
+            }
             let id = self.next_packet;
             let mut message = Vec::new();
             match self.intercept.recv() {
@@ -726,6 +734,28 @@ mod tests {
         rig.worker.pass_overdue(start + HOLD_LIMIT);
         assert_eq!(rig.passed().len(), 4);
         assert_eq!(rig.worker.passed_late, 4);
+        drop(rig.silent_parser.take());
+    }
+
+    /// Invariant 7 in the shell: a flood waits in the kernel, not in the worker's memory.
+    #[test]
+    fn held_packets_are_bounded() {
+        let mut rig = rig(false);
+        let extra: Vec<Vec<u8>> = (0..MAX_HELD + 10)
+            .map(|_| conversation()[1].clone())
+            .collect();
+        rig.worker.intercept.queue.extend(extra);
+        let start = now();
+        while rig.worker.held.len() < MAX_HELD {
+            assert!(rig.worker.read_packets(start) || rig.worker.held.len() == MAX_HELD);
+        }
+        assert!(rig.worker.read_packets(start), "more is waiting");
+        assert_eq!(rig.worker.held.len(), MAX_HELD);
+        assert_eq!(rig.worker.intercept.delivered, MAX_HELD);
+        rig.worker.pass_overdue(start + HOLD_LIMIT);
+        assert!(rig.worker.held.is_empty());
+        rig.worker.read_packets(start + HOLD_LIMIT);
+        assert_eq!(rig.worker.held.len(), 14);
         drop(rig.silent_parser.take());
     }
 
