@@ -6,6 +6,8 @@
 mod freebsd;
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
+mod seccomp;
 
 #[cfg(target_os = "freebsd")]
 pub use freebsd::*;

@@ -72,6 +72,7 @@ def test_each_process_keeps_only_what_it_needs(tmp_path):
         assert set(parser["Uid"].split()) == {"65535"}, parser["Uid"]
         assert int(parser["CapEff"], 16) == 0 and int(parser["CapPrm"], 16) == 0, parser
         assert parser["NoNewPrivs"] == "1"
+        assert parser["Seccomp"] == "2", "the parser runs under its seccomp filter"
         # The monitor stays uid 0 (pidfile, outlives the worker) with only CAP_NET_ADMIN
         # (nftables) and CAP_KILL (to signal the worker); the worker still passes packets.
         monitor = proc_status(proc.pid)

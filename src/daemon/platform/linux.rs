@@ -41,13 +41,13 @@ pub fn open_firewall(settings: &Settings) -> anyhow::Result<Box<dyn Firewall>> {
     open_tool_firewall(settings)?.context("firewall backend")
 }
 
-/// Linux has no Capsicum; the parser's confinement is the privilege drop (no capability at
-/// all, no_new_privs, chroot with `-r`).
+/// Confines the parser with a seccomp-bpf allowlist (Capsicum's role on FreeBSD); it has
+/// already dropped every capability and set no_new_privs.
 ///
 /// # Errors
-/// Never.
+/// When the kernel refuses the filter.
 pub fn sandbox() -> anyhow::Result<()> {
-    Ok(())
+    super::seccomp::enter()
 }
 
 /// Name of the intercept mechanism, for the start line.
