@@ -307,15 +307,7 @@ impl Validator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::test_holes::{v4 as spec4, v6 as spec6};
-
-    fn open(slot: u16, spec: HoleSpec) -> FwAction {
-        FwAction::Open {
-            slot: Slot(slot),
-            spec,
-            ttl: Duration::from_secs(2),
-        }
-    }
+    use crate::firewall::test_holes::{open, v4 as spec4, v6 as spec6};
 
     #[test]
     fn requests_round_trip() {

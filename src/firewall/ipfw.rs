@@ -449,7 +449,7 @@ impl Firewall for Ipfw {
 mod tests {
     use super::super::exec::fake::TempDir;
     use super::*;
-    use crate::firewall::test_holes::{v4, v6};
+    use crate::firewall::test_holes::{open, v4, v6};
     use std::time::Duration;
 
     fn joined(args: &[String]) -> String {
@@ -691,14 +691,6 @@ esac"#
 
         fn log(&self) -> Vec<String> {
             self.dir.lines("ipfw.log")
-        }
-    }
-
-    fn open(slot: u16, spec: HoleSpec) -> FwAction {
-        FwAction::Open {
-            slot: Slot(slot),
-            spec,
-            ttl: Duration::from_secs(2),
         }
     }
 

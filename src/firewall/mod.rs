@@ -68,7 +68,18 @@ pub trait Firewall {
 /// Holes shared by the backends' golden tests and the privsep tests.
 #[cfg(test)]
 pub(crate) mod test_holes {
-    use ftp6proxy_core::{HoleSpec, Mode};
+    use std::time::Duration;
+
+    use ftp6proxy_core::{FwAction, HoleSpec, Mode, Slot};
+
+    /// Opening `spec` in `slot` for 2 s.
+    pub fn open(slot: u16, spec: HoleSpec) -> FwAction {
+        FwAction::Open {
+            slot: Slot(slot),
+            spec,
+            ttl: Duration::from_secs(2),
+        }
+    }
 
     /// A passive IPv6 hole: client 2001:db8::10 to server 2001:db8::21 port 50123.
     pub fn v6() -> HoleSpec {
