@@ -215,6 +215,14 @@ fn tell(worker: &OwnedFd, message: ToWorker) -> nix::Result<()> {
     }
 }
 
+/// Sends each of `actions` to the worker, for `packet` (or for none: timer, shutdown).
+fn tell_actions(worker: &OwnedFd, packet: Option<u64>, actions: Vec<FwAction>) -> nix::Result<()> {
+    for action in actions {
+        tell(worker, ToWorker::Action { packet, action })?;
+    }
+    Ok(())
+}
+
 /// Runs the parser until the worker says shut down or goes away.
 ///
 /// # Errors
@@ -250,30 +258,15 @@ pub fn run(mut engine: Engine, worker: &OwnedFd) -> nix::Result<()> {
                     checksum,
                     bytes,
                 }) => {
-                    for action in engine.on_packet_with(now, bytes, checksum).actions {
-                        tell(
-                            worker,
-                            ToWorker::Action {
-                                packet: Some(id),
-                                action,
-                            },
-                        )?;
-                    }
+                    let outcome = engine.on_packet_with(now, bytes, checksum);
+                    tell_actions(worker, Some(id), outcome.actions)?;
                     tell(worker, ToWorker::Done { packet: id })?;
                 }
                 Ok(ToParser::Answer { action, ok }) => engine.hole_result(now, &action, ok),
                 Ok(ToParser::Status) => log::info!("{}", engine.status()),
                 Ok(ToParser::Shutdown) => {
                     log::info!("terminating: closing {} holes", engine.open_holes());
-                    for action in engine.shutdown() {
-                        tell(
-                            worker,
-                            ToWorker::Action {
-                                packet: None,
-                                action,
-                            },
-                        )?;
-                    }
+                    tell_actions(worker, None, engine.shutdown())?;
                     drain_events(&mut engine);
                     return tell(worker, ToWorker::Closed);
                 }
@@ -281,15 +274,7 @@ pub fn run(mut engine: Engine, worker: &OwnedFd) -> nix::Result<()> {
             }
         }
         if engine.poll_timeout().is_some_and(|at| at <= now) {
-            for action in engine.tick(now) {
-                tell(
-                    worker,
-                    ToWorker::Action {
-                        packet: None,
-                        action,
-                    },
-                )?;
-            }
+            tell_actions(worker, None, engine.tick(now))?;
         }
         drain_events(&mut engine);
     }
