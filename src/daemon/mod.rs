@@ -8,6 +8,7 @@
 //! engine); the first process stays the privileged [`monitor`], which alone talks to the
 //! firewall. Owns process-level concerns only; no packet or FTP logic.
 
+pub mod link;
 pub mod logging;
 pub mod monitor;
 pub mod parser;
@@ -23,7 +24,6 @@ use std::os::fd::OwnedFd;
 
 use anyhow::Context;
 use ftp6proxy_core::Engine;
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::unistd::{fork, ForkResult};
 
 use crate::cli::{FirewallKind, Foreground, Settings};
@@ -72,13 +72,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         pidfile.write_pid()?;
     }
     log::info!("{}", describe(settings));
-    let (monitor_end, worker_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .context("socketpair for the worker")?;
+    let (monitor_end, worker_end) = link::seqpacket_pair().context("socketpair for the worker")?;
     // Resolve the worker's identity while the password database is still reachable.
     let identity = privdrop::resolve(settings.user.as_deref())?;
     // SAFETY: single-threaded at this point; the child only continues with its own code.
@@ -133,13 +127,7 @@ fn run_worker(
     signals: SignalPipe,
     identity: &privdrop::Identity,
 ) -> anyhow::Result<Exit> {
-    let (parser_link, parser_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .context("socketpair for the parser")?;
+    let (parser_link, parser_end) = link::seqpacket_pair().context("socketpair for the parser")?;
     // SAFETY: single-threaded; the child only continues with its own code.
     let parser = match unsafe { fork() }.context("fork the parser")? {
         ForkResult::Child => {
@@ -159,9 +147,7 @@ fn run_worker(
     drop(parser_end);
     // Messages queue in the worker when a peer is busy; the loop never blocks on one.
     for socket in [&monitor, &parser_link] {
-        let flags = nix::fcntl::fcntl(socket, nix::fcntl::FcntlArg::F_GETFL)?;
-        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(socket, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        link::set_nonblocking(socket)?;
     }
     if settings.foreground != Foreground::Debug {
         privdrop::drop_to(

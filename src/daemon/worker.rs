@@ -21,9 +21,9 @@ use ftp6proxy_core::engine::{Event as EngineEvent, Level};
 use ftp6proxy_core::FwAction;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::socket::{recv, MsgFlags};
 
-use super::logging;
+use super::link::{send_nonblocking, Sent};
 use super::parser::{ToParser, ToWorker, MAX_MESSAGE};
 use super::privsep::{Request, Response, RESPONSE_LEN};
 use super::signals::{Event as Signal, SignalPipe};
@@ -86,12 +86,15 @@ pub struct Worker<I: Intercept> {
     in_flight: HashMap<u32, InFlight>,
     /// Requests the monitor's socket would not take yet, in order.
     to_monitor: VecDeque<Request>,
-    /// Messages the parser's socket would not take yet, in order.
-    to_parser: VecDeque<Vec<u8>>,
+    /// Messages the parser's socket would not take yet, in order, each with the packet
+    /// it carries (if it carries one).
+    to_parser: VecDeque<(Option<u64>, Vec<u8>)>,
     parser_closed: bool,
     next_packet: u64,
     next_request: u32,
     passed_late: u64,
+    /// Packets too large for the link to the parser: passed on unread.
+    passed_unread: u64,
 }
 
 /// A socket peer that has gone away.
@@ -115,6 +118,7 @@ impl<I: Intercept> Worker<I> {
             next_packet: 0,
             next_request: 0,
             passed_late: 0,
+            passed_unread: 0,
         }
     }
 
@@ -179,17 +183,16 @@ impl<I: Intercept> Worker<I> {
                 for signal in self.signals.drain() {
                     match signal {
                         Signal::Terminate => return Ok(self.shutdown()),
-                        Signal::Reopen => {
-                            logging::reopen();
-                            log::info!("log reopened");
-                        }
+                        // The monitor reopens the log; this process only forwards to it.
+                        Signal::Reopen => {}
                         Signal::Status => {
                             self.tell_parser(&ToParser::Status);
                             log::info!(
-                                "worker held={} in_flight={} passed_late={}",
+                                "worker held={} in_flight={} passed_late={} passed_unread={}",
                                 self.held.len(),
                                 self.in_flight.len(),
-                                self.passed_late
+                                self.passed_late,
+                                self.passed_unread
                             );
                         }
                         Signal::Child => {}
@@ -239,7 +242,7 @@ impl<I: Intercept> Worker<I> {
                     deadline: now + HOLD_LIMIT,
                 },
             );
-            self.to_parser.push_back(message);
+            self.to_parser.push_back((Some(id), message));
             self.flush();
         }
         true
@@ -248,7 +251,7 @@ impl<I: Intercept> Worker<I> {
     fn tell_parser(&mut self, message: &ToParser<'_>) {
         let mut bytes = Vec::new();
         message.encode(&mut bytes);
-        self.to_parser.push_back(bytes);
+        self.to_parser.push_back((None, bytes));
         self.flush();
     }
 
@@ -263,21 +266,49 @@ impl<I: Intercept> Worker<I> {
     /// Sends queued messages to both peers until a socket would block.
     fn flush(&mut self) {
         while let Some(request) = self.to_monitor.front() {
-            match send_one(&self.monitor, &request.encode()) {
+            match send_nonblocking(&self.monitor, &request.encode()) {
                 Sent::Yes => {
                     self.to_monitor.pop_front();
                 }
-                Sent::Later => break,
-                Sent::Gone => break, // read_monitor sees the EOF and ends the loop
+                // A request is 48 bytes: TooBig cannot happen; treat it like a lost peer,
+                // whose EOF read_monitor sees and ends the loop on.
+                Sent::Later | Sent::TooBig | Sent::Gone => break,
             }
         }
-        while let Some(message) = self.to_parser.front() {
-            match send_one(&self.parser, message) {
+        while let Some((packet, message)) = self.to_parser.front() {
+            debug_assert!(message.len() <= MAX_MESSAGE);
+            match send_nonblocking(&self.parser, message) {
                 Sent::Yes => {
                     self.to_parser.pop_front();
                 }
+                Sent::TooBig => {
+                    // The link's buffer is smaller than this packet (FreeBSD 14's 8 KiB
+                    // default if sizing failed). Retrying would block every later message
+                    // behind it: the packet goes on unread instead, and the count says so.
+                    let packet = *packet;
+                    self.to_parser.pop_front();
+                    self.pass_unread(packet);
+                }
                 Sent::Later | Sent::Gone => break,
             }
+        }
+    }
+
+    /// Passes a packet that the parser will never see, and counts it.
+    fn pass_unread(&mut self, packet: Option<u64>) {
+        let Some(held) = packet.and_then(|id| self.held.remove(&id)) else {
+            return;
+        };
+        self.passed_unread += 1;
+        if is_power_of_ten(self.passed_unread) {
+            log::warn!(
+                "packet too large for the link to the parser passed on unread \
+                 (count={}); the FTP stream of its connection has a gap",
+                self.passed_unread
+            );
+        }
+        if let Err(e) = self.intercept.pass_held(held.held) {
+            log::error!("passing a packet on: {e}");
         }
     }
 
@@ -433,26 +464,12 @@ impl<I: Intercept> Worker<I> {
     }
 }
 
-/// The outcome of one non-blocking send.
-enum Sent {
-    Yes,
-    Later,
-    Gone,
-}
-
-fn send_one(socket: &OwnedFd, bytes: &[u8]) -> Sent {
-    debug_assert!(bytes.len() <= MAX_MESSAGE);
-    loop {
-        match send(socket.as_raw_fd(), bytes, MsgFlags::MSG_DONTWAIT) {
-            Ok(_) => return Sent::Yes,
-            Err(nix::errno::Errno::EAGAIN) => return Sent::Later,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                log::error!("sending to a peer process: {e}");
-                return Sent::Gone;
-            }
-        }
+/// 1, 10, 100, ...: when a counted warning is logged, so it shows at once and never floods.
+fn is_power_of_ten(mut n: u64) -> bool {
+    while n >= 10 && n % 10 == 0 {
+        n /= 10;
     }
+    n == 1
 }
 
 /// Writes one engine event at its level.
@@ -529,7 +546,7 @@ mod tests {
     use super::*;
     use crate::intercept::Packet;
     use ftp6proxy_core::engine::{Checksum, Config, Engine};
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use nix::sys::socket::send;
     use std::fs::File;
     use std::io;
     use std::os::fd::RawFd;
@@ -581,13 +598,7 @@ mod tests {
     }
 
     fn pair() -> (OwnedFd, OwnedFd) {
-        socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .expect("socketpair")
+        crate::daemon::link::seqpacket_pair().expect("socketpair")
     }
 
     struct Rig {
@@ -600,12 +611,14 @@ mod tests {
     /// A worker wired to a real parser thread (or, `real_parser == false`, to a parser
     /// that never answers) and to the test as monitor.
     fn rig(real_parser: bool) -> Rig {
+        rig_with_parser_link(real_parser, pair())
+    }
+
+    fn rig_with_parser_link(real_parser: bool, parser_link: (OwnedFd, OwnedFd)) -> Rig {
         let (monitor, worker_monitor_end) = pair();
-        let (worker_parser_end, parser_end) = pair();
+        let (worker_parser_end, parser_end) = parser_link;
         for fd in [&worker_monitor_end, &worker_parser_end] {
-            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
-            let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+            crate::daemon::link::set_nonblocking(fd).unwrap();
         }
         let (parser, silent_parser) = if real_parser {
             let thread = std::thread::spawn(move || {
@@ -829,5 +842,36 @@ mod tests {
         assert!(worker.parser_closed);
         assert!(worker.in_flight.is_empty());
         parser.unwrap().join().unwrap().unwrap();
+    }
+
+    /// FreeBSD 14's 8 KiB SEQPACKET send space (uipc_usrreq.c `unpsp_sendspace = PIPSIZ`)
+    /// refuses a larger packet with EMSGSIZE. That packet passes on unread and is counted;
+    /// it never wedges the link: the packets behind it are read, and the EPRT among them
+    /// still gets its hole before it passes.
+    #[test]
+    fn packet_larger_than_freebsd_14_link_passes_unread_and_blocks_nothing() {
+        let small = crate::daemon::link::tests::pair_as_small_as_freebsd_14();
+        let mut rig = rig_with_parser_link(true, small);
+        let jumbo = super::tests_support::segment(500, false, &[b'x'; 9000]);
+        rig.worker.intercept.queue.push_front(jumbo.clone());
+        rig.worker.read_packets(now());
+        rig.settle(|w| w.intercept.passed.len() == 4 && !w.in_flight.is_empty());
+        assert_eq!(rig.worker.passed_unread, 1);
+        assert_eq!(
+            rig.passed(),
+            [0, 1, 2, 4],
+            "the jumbo packet (0) passed; EPRT (3) waits"
+        );
+        let sent = rig.requests();
+        assert!(matches!(sent[0].action, FwAction::Open { .. }));
+        rig.answer(sent[0].id, true);
+        rig.settle(|w| w.intercept.passed.len() == 5);
+        assert_eq!(rig.worker.intercept.passed[0].1, jumbo, "passed unchanged");
+    }
+
+    #[test]
+    fn counted_warnings_are_logged_at_powers_of_ten() {
+        let logged: Vec<u64> = (1..=1000).filter(|&n| is_power_of_ten(n)).collect();
+        assert_eq!(logged, [1, 10, 100, 1000]);
     }
 }

@@ -1,0 +1,185 @@
+//! The sockets between the daemon's processes: how they are made, how big their buffers
+//! are, and what a non-blocking send can answer.
+//!
+//! Owns socket creation and sizing for every inter-process link (monitor ↔ worker,
+//! worker ↔ parser, the log link) and the classification of a send's outcome. Knows no
+//! message format: those stay with the processes that speak them (`privsep`, `parser`,
+//! `logging`).
+//!
+//! Sizes are set on purpose, never left to the system's defaults. FreeBSD 14 gives a
+//! `SOCK_SEQPACKET` socket 8 KiB of send space (sys/kern/uipc_usrreq.c:
+//! `unpsp_sendspace = PIPSIZ`, 8192; 64 KiB from 15 on), and an atomic send larger than
+//! the send space fails with `EMSGSIZE` (sys/kern/uipc_socket.c `sosend_generic`:
+//! `atomic && resid > so->so_snd.sb_hiwat`). A diverted control packet can be larger (jumbo
+//! frames, TSO on the gateway's own traffic), so each end asks for [`LINK_BUFFER`]; and a
+//! message that still does not fit is reported as [`Sent::TooBig`], so the caller drops
+//! that one message instead of retrying it forever behind everything else.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    getsockopt, send, setsockopt, socketpair, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
+};
+
+/// Send and receive space asked for on each end of a link: four messages of the largest
+/// kind (a 64 KiB packet plus its header), well below FreeBSD's `kern.ipc.maxsockbuf`
+/// (2 MiB by default). Linux caps the request at `net.core.wmem_max` (208 KiB by default)
+/// and doubles it, which still holds several such messages.
+pub const LINK_BUFFER: usize = 256 * 1024;
+
+/// A connected pair of `SOCK_SEQPACKET` sockets (close-on-exec) with both buffers of both
+/// ends sized to [`LINK_BUFFER`].
+///
+/// # Errors
+/// When the socketpair cannot be created. A buffer the kernel will not enlarge is not an
+/// error: the link still works, and an oversized message is then [`Sent::TooBig`].
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    for end in [&a, &b] {
+        size_buffers(end, LINK_BUFFER);
+    }
+    Ok((a, b))
+}
+
+/// A connected pair of `SOCK_DGRAM` sockets (close-on-exec), sized like
+/// [`seqpacket_pair`]; used where a sender must never wait (the log link).
+///
+/// # Errors
+/// When the socketpair cannot be created.
+pub fn datagram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    for end in [&a, &b] {
+        size_buffers(end, LINK_BUFFER);
+    }
+    Ok((a, b))
+}
+
+/// Asks for `bytes` of send and receive space on `socket`; logs (once per socket) what
+/// the kernel refused.
+pub fn size_buffers(socket: &OwnedFd, bytes: usize) {
+    if let Err(e) = setsockopt(socket, sockopt::SndBuf, &bytes) {
+        log::warn!("link: cannot set the send buffer to {bytes} bytes: {e}");
+    }
+    if let Err(e) = setsockopt(socket, sockopt::RcvBuf, &bytes) {
+        log::warn!("link: cannot set the receive buffer to {bytes} bytes: {e}");
+    }
+}
+
+/// The send space the kernel granted `socket` (Linux reports twice what was asked, the
+/// bookkeeping overhead included).
+///
+/// # Errors
+/// When getsockopt(2) fails.
+pub fn send_space(socket: &OwnedFd) -> io::Result<usize> {
+    Ok(getsockopt(socket, sockopt::SndBuf)?)
+}
+
+/// Sets `O_NONBLOCK` on `socket`.
+///
+/// # Errors
+/// When fcntl(2) fails.
+pub fn set_nonblocking(socket: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(socket, FcntlArg::F_GETFL)?);
+    fcntl(socket, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// The outcome of one non-blocking send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The whole message went.
+    Yes,
+    /// The peer's buffer is full: try the same message again later.
+    Later,
+    /// The message can never fit this link (`EMSGSIZE`): drop it, or it blocks the rest.
+    TooBig,
+    /// The peer is gone (or the socket failed): the caller's read sees the end.
+    Gone,
+}
+
+/// Sends `bytes` as one message without blocking.
+pub fn send_nonblocking(socket: &OwnedFd, bytes: &[u8]) -> Sent {
+    loop {
+        match send(socket.as_raw_fd(), bytes, MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => return Sent::Yes,
+            Err(Errno::EAGAIN | Errno::ENOBUFS) => return Sent::Later,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EMSGSIZE) => return Sent::TooBig,
+            Err(_) => return Sent::Gone,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// FreeBSD 14's SEQPACKET send space is 8 KiB (uipc_usrreq.c `unpsp_sendspace =
+    /// PIPSIZ`); Linux reproduces it with a 4 KiB request, which it doubles.
+    pub(crate) fn pair_as_small_as_freebsd_14() -> (OwnedFd, OwnedFd) {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        for end in [&a, &b] {
+            size_buffers(end, 4096);
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn freebsd_14_seqpacket_send_space_refuses_a_9000_byte_packet_with_emsgsize() {
+        let (a, _b) = pair_as_small_as_freebsd_14();
+        assert!(
+            send_space(&a).unwrap() <= 8192,
+            "the stand-in is as small as FreeBSD 14"
+        );
+        assert_eq!(send_nonblocking(&a, &[0u8; 9000]), Sent::TooBig);
+        assert_eq!(
+            send_nonblocking(&a, &[0u8; 100]),
+            Sent::Yes,
+            "the link still works"
+        );
+    }
+
+    #[test]
+    fn links_are_sized_for_the_largest_packet() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert!(send_space(&a).unwrap() >= 65_536 + 64);
+        let big = vec![7u8; 65_535 + 16];
+        assert_eq!(send_nonblocking(&a, &big), Sent::Yes);
+        let mut buf = vec![0u8; big.len() + 1];
+        let n = nix::sys::socket::recv(b.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        assert_eq!(&buf[..n], &big[..]);
+    }
+
+    #[test]
+    fn full_link_says_later_and_closed_link_says_gone() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let chunk = vec![1u8; 60_000];
+        let mut sent = 0;
+        while send_nonblocking(&a, &chunk) == Sent::Yes {
+            sent += 1;
+            assert!(sent < 1000, "a link is bounded");
+        }
+        assert_eq!(send_nonblocking(&a, &chunk), Sent::Later);
+        drop(b);
+        assert_eq!(send_nonblocking(&a, &chunk), Sent::Gone);
+    }
+}
