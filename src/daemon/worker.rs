@@ -466,7 +466,7 @@ impl<I: Intercept> Worker<I> {
 
 /// 1, 10, 100, ...: when a counted warning is logged, so it shows at once and never floods.
 fn is_power_of_ten(mut n: u64) -> bool {
-    while n >= 10 && n % 10 == 0 {
+    while n >= 10 && n.is_multiple_of(10) {
         n /= 10;
     }
     n == 1
