@@ -1,12 +1,37 @@
-//! `-j target`: run inside another network stack — a vnet jail on FreeBSD, a network
-//! namespace on Linux.
+//! `-j target`: do the daemon's network work in another network stack — a vnet jail on
+//! FreeBSD, a network namespace on Linux — while the daemon itself stays on the host.
 //!
-//! Owns the parsing of the `-j` value (pure, every platform) and the one syscall that moves
-//! the process: `jail_attach(2)` via the `jail` crate on FreeBSD, `setns(2)` with
-//! `CLONE_NEWNET` on Linux. Must not touch anything else of the process (no chroot, no
-//! privilege drop: `daemon` does those after this). Call it first, before the intercept
-//! socket is opened and before any firewall tool runs, so that both belong to the target's
-//! network stack.
+//! Owns the parsing of the `-j` value (pure, every platform), its resolution to a
+//! [`Target`], and the few ways anything enters it: a socket made in the target
+//! ([`socket_from_child`] on FreeBSD, [`Target::within`] on Linux) and, on FreeBSD, a
+//! firewall tool that attaches to the jail between fork and exec ([`attach_in_child`]).
+//! Must not touch anything else of the process (no chroot, no privilege drop).
+//!
+//! Why the daemon never attaches itself (FreeBSD; ARCHITECTURE.md, "-j"):
+//! - rc.subr finds a daemon only at JID 0: `_find_processes` (libexec/rc/rc.subr) keeps a
+//!   pid only if `ps -o jid` equals `$JID` (0), and for a process attached to a jail the
+//!   host reads that jail's id (sys/kern/kern_proc.c: `kp->ki_jid =
+//!   cred->cr_prison->pr_id` when the reader is in another prison). An attached monitor
+//!   would make `status`, `stop`, `restart` and shutdown's `faststop` miss it.
+//! - jail_attach(2) also changes the root (sys/kern/kern_jail.c `do_jail_attach` →
+//!   `pwd_chroot_chdir(td, pr->pr_root)`): the pidfile, /var/run/log, `-u` and `-r` would
+//!   all be the jail's.
+//! - None of that is needed: a socket keeps the vnet it was made in. `socreate` takes it
+//!   from the creator's credential (`soalloc(CRED_TO_VNET(cred))`), and `sobind`,
+//!   `sousrsend`, `soreceive`, `sosetopt` run under `CURVNET_SET(so->so_vnet)`
+//!   (sys/kern/uipc_socket.c); divert binds into and looks up the per-vnet `V_divhash`
+//!   (sys/netinet/ip_divert.c `div_bind`, `divert_packet`). So a divert socket made by a
+//!   short-lived child inside the jail, and handed back, diverts and reinjects in the
+//!   jail's vnet for whoever holds it.
+//! - ipfw(8), pfctl(8) and sysctl(8) act on the vnet of the process that runs them, so each
+//!   run attaches first, as jexec(8) does, and executes the jail's own tool: the one the
+//!   jail's rc.d/ipfw and rc.d/pf load its ruleset with. The host's tool cannot be used
+//!   instead: FreeBSD's tools are dynamically linked, and their run-time linker and
+//!   libraries are looked up from the process root, which is the jail's after the attach
+//!   (sys/kern/imgact_elf.c `load_file`: namei from the root); the one way to point the
+//!   linker at the host's libraries, LD_LIBRARY_PATH_FDS directory descriptors, cannot
+//!   cross jail_attach(2), which refuses a process holding an open directory
+//!   (sys/kern/kern_descrip.c `pwd_chroot_chdir` → `chroot_refuse_vdir_fds`: EPERM).
 //!
 //! On FreeBSD the jail must own its vnet (`vnet` parameter = `new`): only then does it
 //! have its own ipfw, pf and divert port space, and only then may its root use them
@@ -126,14 +151,33 @@ pub fn vnet_is_own(value: i64) -> bool {
     value == 1
 }
 
-/// Attaches the calling process to the jail `target` after checking that it exists and
-/// owns its vnet.
+/// A resolved `-j`: where the daemon's sockets and firewall tools do their work.
+#[derive(Debug)]
+pub struct Target {
+    /// The `-j` value, for messages.
+    shown: JailTarget,
+    /// The jail's id, found by name or checked by number (FreeBSD).
+    #[cfg(target_os = "freebsd")]
+    jid: i32,
+    /// The namespace, open (Linux).
+    #[cfg(target_os = "linux")]
+    netns: std::fs::File,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shown.fmt(f)
+    }
+}
+
+/// Finds the vnet jail `target` (by name or JID) and checks that it owns its vnet. Does
+/// not attach: see the module docs.
 ///
 /// # Errors
-/// [`Error::NoSuchJail`], [`Error::NotVnet`], or [`Error::Attach`] (not root, kernel
-/// without VIMAGE, ...).
+/// [`Error::NoSuchJail`], [`Error::NotVnet`], or [`Error::Attach`] (kernel without
+/// VIMAGE, ...).
 #[cfg(target_os = "freebsd")]
-pub fn attach(target: &JailTarget) -> Result<(), Error> {
+pub fn resolve(target: &JailTarget) -> Result<Target, Error> {
     use ::jail::param::Value;
     use ::jail::RunningJail;
 
@@ -158,28 +202,31 @@ pub fn attach(target: &JailTarget) -> Result<(), Error> {
         let shown = value.map_or_else(|| format!("{vnet:?}"), |v| v.to_string());
         return Err(Error::NotVnet(target.clone(), shown));
     }
-
-    running.attach().map_err(|e| Error::Attach {
-        target: target.clone(),
-        detail: format!("jail_attach failed: {e}"),
+    Ok(Target {
+        shown: target.clone(),
+        jid: running.jid,
     })
 }
 
-/// Moves the calling thread into the Linux network namespace `name` (as created by
-/// `ip netns add NAME`, bound at `/run/netns/NAME`). Call it before any other thread is
-/// started: `setns(2)` changes only the calling thread, and sockets opened afterwards
-/// belong to the new namespace.
+#[cfg(target_os = "freebsd")]
+impl Target {
+    /// The jail's id, for [`attach_in_child`].
+    pub fn jid(&self) -> i32 {
+        self.jid
+    }
+}
+
+/// Opens the network namespace `-j NAME` (as `ip netns` names it) for [`Target::within`].
 ///
 /// # Errors
 /// [`Error::InvalidTarget`] for a name that is not a single path component,
-/// [`Error::Netns`] when it does not exist or cannot be entered (not root).
+/// [`Error::Netns`] when it does not exist.
 #[cfg(target_os = "linux")]
-pub fn enter_netns(name: &str) -> Result<(), Error> {
-    use nix::sched::{setns, CloneFlags};
-
-    let path = netns_path(name)?;
-    let file = std::fs::File::open(&path).map_err(|e| Error::Netns {
-        name: name.to_owned(),
+pub fn resolve(target: &JailTarget) -> Result<Target, Error> {
+    let name = target.to_string();
+    let path = netns_path(&name)?;
+    let netns = std::fs::File::open(&path).map_err(|e| Error::Netns {
+        name: name.clone(),
         detail: if e.kind() == std::io::ErrorKind::NotFound {
             format!(
                 "{} does not exist (see `ip netns list`; create it with `ip netns add {name}`)",
@@ -189,10 +236,170 @@ pub fn enter_netns(name: &str) -> Result<(), Error> {
             format!("open {}: {e}", path.display())
         },
     })?;
-    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| Error::Netns {
-        name: name.to_owned(),
-        detail: format!("setns: {e}"),
+    Ok(Target {
+        shown: target.clone(),
+        netns,
     })
+}
+
+#[cfg(target_os = "linux")]
+impl Target {
+    /// Runs `make` with the calling thread in the namespace, then brings the thread back.
+    /// Sockets made by `make` keep the namespace (Linux ties a socket to the network
+    /// namespace of its creation), so the daemon uses them from the host, as it uses the
+    /// jail's divert socket on FreeBSD. Call it while the process has one thread:
+    /// setns(2) moves only the calling thread.
+    ///
+    /// # Errors
+    /// [`Error::Netns`] when the namespace cannot be entered or left; leaving failed means
+    /// the thread is stranded in the target, and the daemon must stop.
+    pub fn within<T>(&self, make: impl FnOnce() -> T) -> Result<T, Error> {
+        use nix::sched::{setns, CloneFlags};
+
+        let fail = |what: &str, e: &dyn fmt::Display| Error::Netns {
+            name: self.shown.to_string(),
+            detail: format!("{what}: {e}"),
+        };
+        let home = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| fail("open /proc/thread-self/ns/net", &e))?;
+        setns(&self.netns, CloneFlags::CLONE_NEWNET).map_err(|e| fail("setns", &e))?;
+        let made = make();
+        setns(&home, CloneFlags::CLONE_NEWNET).map_err(|e| fail("setns back to the host", &e))?;
+        Ok(made)
+    }
+}
+
+/// In a child between fork and exec: attaches the process to jail `jid` (FreeBSD's
+/// jail_attach(2), as jexec(8) does), so the tool it executes acts on the jail's vnet.
+/// Only a syscall: safe between fork and exec.
+///
+/// # Errors
+/// The system's error (EPERM when not root or when a directory is open, EINVAL for a
+/// dying jail); `Unsupported` elsewhere than FreeBSD.
+pub fn attach_in_child(jid: i32) -> std::io::Result<()> {
+    #[cfg(target_os = "freebsd")]
+    {
+        // SAFETY: jail_attach takes a plain integer and touches no user memory.
+        if unsafe { libc::jail_attach(jid) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(target_os = "freebsd"))]
+    {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("jail_attach({jid}): jails exist only on FreeBSD"),
+        ))
+    }
+}
+
+/// Makes a socket in a short-lived child: the child runs `enter` (on FreeBSD
+/// [`attach_in_child`]: attaching is one-way, so the daemon sends a child), then `make`,
+/// and hands the descriptor back over a socketpair (`SCM_RIGHTS`); a failure comes back
+/// as an error with the child's text and errno kind. Call it while the process has one
+/// thread.
+///
+/// # Errors
+/// The child's error from `enter` or `make`, or a failure to fork or to pass the socket.
+pub fn socket_from_child(
+    enter: impl FnOnce() -> std::io::Result<()>,
+    make: impl FnOnce() -> std::io::Result<std::os::fd::OwnedFd>,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+        SockFlag, SockType,
+    };
+    use nix::sys::wait::waitpid;
+    use nix::unistd::{fork, ForkResult};
+    use std::io::{Error as IoError, IoSlice, IoSliceMut};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let (parent_end, child_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: the caller runs single-threaded (documented); the child only makes the
+    // socket, sends one message and _exits.
+    match unsafe { fork() }.map_err(IoError::from)? {
+        ForkResult::Child => {
+            drop(parent_end);
+            let outcome = enter().and_then(|()| make());
+            let sent = match &outcome {
+                Ok(socket) => {
+                    let fds = [socket.as_raw_fd()];
+                    sendmsg::<()>(
+                        child_end.as_raw_fd(),
+                        &[IoSlice::new(&[0u8])],
+                        &[ControlMessage::ScmRights(&fds)],
+                        MsgFlags::empty(),
+                        None,
+                    )
+                }
+                Err(e) => {
+                    let mut report = vec![1u8];
+                    report.extend_from_slice(&e.raw_os_error().unwrap_or(0).to_be_bytes());
+                    report.extend_from_slice(e.to_string().as_bytes());
+                    report.truncate(1024);
+                    sendmsg::<()>(
+                        child_end.as_raw_fd(),
+                        &[IoSlice::new(&report)],
+                        &[],
+                        MsgFlags::empty(),
+                        None,
+                    )
+                }
+            };
+            // SAFETY: _exit ends the child without running the parent's destructors.
+            unsafe { libc::_exit(i32::from(sent.is_err())) }
+        }
+        ForkResult::Parent { child } => {
+            drop(child_end);
+            let mut report = [0u8; 1024];
+            let mut iov = [IoSliceMut::new(&mut report)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let received = recvmsg::<()>(
+                parent_end.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            );
+            let _ = waitpid(child, None);
+            let message = received.map_err(IoError::from)?;
+            let len = message.bytes;
+            let mut socket = None;
+            for cmsg in message.cmsgs().map_err(IoError::from)? {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    for fd in fds {
+                        // SAFETY: the kernel just installed fd in this process for us.
+                        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                        socket.get_or_insert(owned);
+                    }
+                }
+            }
+            if let Some(socket) = socket {
+                return Ok(socket);
+            }
+            match report[..len] {
+                [1, a, b, c, d, ref text @ ..] => {
+                    let text = String::from_utf8_lossy(text).into_owned();
+                    let errno = i32::from_be_bytes([a, b, c, d]);
+                    let kind = if errno == 0 {
+                        std::io::ErrorKind::Other
+                    } else {
+                        IoError::from_raw_os_error(errno).kind()
+                    };
+                    Err(IoError::new(kind, text))
+                }
+                _ => Err(IoError::other(
+                    "the child making the socket ended without an answer",
+                )),
+            }
+        }
+    }
 }
 
 /// `/run/netns/NAME`, after checking that `name` is a valid `-j` name (no `/`, no `..`).
@@ -293,7 +500,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn missing_netns_is_a_clear_error() {
-        let err = enter_netns("ftp6proxy-test-does-not-exist").unwrap_err();
+        let target = JailTarget::Name("ftp6proxy-test-does-not-exist".into());
+        let err = resolve(&target).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("does not exist"), "{text}");
         assert!(text.contains("ip netns add"), "{text}");
@@ -308,5 +516,88 @@ mod tests {
         assert!(Error::NotVnet(JailTarget::Jid(3), "2".into())
             .to_string()
             .contains("`vnet;` in jail.conf"));
+    }
+    /// FreeBSD keeps a socket in the vnet of its creation (sys/kern/uipc_socket.c
+    /// `socreate`: `soalloc(CRED_TO_VNET(cred))`): so the socket a child makes inside the
+    /// jail is the one the daemon gets. Here: a socket made in a child comes back whole.
+    #[test]
+    fn a_socket_made_in_a_child_comes_back_working() {
+        use std::io::{Read, Write};
+        use std::os::fd::OwnedFd;
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let theirs = OwnedFd::from(theirs);
+        let got = socket_from_child(|| Ok(()), move || theirs.try_clone()).unwrap();
+        let mut got = std::os::unix::net::UnixStream::from(got);
+        got.write_all(b"divert").unwrap();
+        let mut buf = [0u8; 6];
+        (&mine).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"divert");
+    }
+
+    /// A child that cannot enter the target (FreeBSD: jail_attach refused) or cannot make
+    /// the socket reports the reason, with its errno kind and text, to the daemon.
+    #[test]
+    fn a_childs_failure_comes_back_with_its_reason() {
+        let err = socket_from_child(
+            || Err(std::io::Error::from_raw_os_error(libc::EPERM)),
+            || unreachable!("not reached after a failed enter"),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+        let err = socket_from_child(
+            || Ok(()),
+            || {
+                Err(std::io::Error::other(
+                    "divert(4) is not available: run `kldload ipdivert`",
+                ))
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("kldload ipdivert"), "{err}");
+    }
+
+    #[cfg(not(target_os = "freebsd"))]
+    #[test]
+    fn jail_attach_exists_only_on_freebsd() {
+        assert_eq!(
+            attach_in_child(1).unwrap_err().kind(),
+            std::io::ErrorKind::Unsupported
+        );
+    }
+
+    /// Linux ties a socket to the namespace it was made in; `within` makes it there and
+    /// brings the thread back.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn within_makes_sockets_in_the_namespace_and_comes_back() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (it makes a network namespace); run `cargo test` as root"
+        );
+        let ns_of = |path: &str| std::fs::read_link(path).unwrap();
+        // A thread of its own unshares a fresh namespace and lends it as the target.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let lender = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            tx.send(std::fs::File::open("/proc/thread-self/ns/net").unwrap())
+                .unwrap();
+            done_rx.recv().unwrap();
+        });
+        let netns = rx.recv().unwrap();
+        let target = Target {
+            shown: JailTarget::Name("test".into()),
+            netns,
+        };
+        let home = ns_of("/proc/thread-self/ns/net");
+        let inside = target.within(|| ns_of("/proc/thread-self/ns/net")).unwrap();
+        assert_ne!(inside, home, "the closure ran in the target");
+        assert_eq!(
+            ns_of("/proc/thread-self/ns/net"),
+            home,
+            "and the thread came back"
+        );
+        done_tx.send(()).unwrap();
+        lender.join().unwrap();
     }
 }

@@ -48,14 +48,18 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         (Foreground::No, false) => Some(Pidfile::lock(&settings.pidfile)?),
         _ => None,
     };
-    if let Some(target) = &settings.target {
-        platform::enter_target(target)?;
-    }
-    let mut firewall = platform::open_firewall(settings)?;
+    // -j names where the sockets and firewall tools work; the daemon stays on the host,
+    // where rc.subr sees it and its pidfile, syslog, user and chroot are (see `jail`).
+    let target = settings
+        .target
+        .as_deref()
+        .map(platform::resolve_target)
+        .transpose()?;
+    let mut firewall = platform::open_firewall(settings, target.as_ref())?;
     firewall.check().context("firewall check")?;
     // Binding the queue or divert port is exclusive: only the instance that gets it may
     // clean the firewall of leftovers, never a second one started by mistake.
-    let intercept = platform::open_intercept(settings)?;
+    let intercept = platform::open_intercept(settings, target.as_ref())?;
     if settings.check {
         return check_only(settings, intercept);
     }
@@ -73,12 +77,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     }
     log::info!("{}", describe(settings));
     let (monitor_end, worker_end) = link::seqpacket_pair().context("socketpair for the worker")?;
+    // The worker and the parser log through the monitor (see `logging`).
+    let (log_reader, log_writer) = link::datagram_pair().context("socketpair for the log")?;
     // Resolve the worker's identity while the password database is still reachable.
     let identity = privdrop::resolve(settings.user.as_deref())?;
     // SAFETY: single-threaded at this point; the child only continues with its own code.
     match unsafe { fork() }.context("fork the worker")? {
         ForkResult::Child => {
-            drop(monitor_end);
+            drop((monitor_end, log_reader));
+            logging::forward_to(log_writer, logging::Process::Worker);
             drop(firewall);
             drop(pidfile); // the monitor's descriptor keeps the lock
                            // The worker gets a self-pipe of its own; installing it first means no signal
@@ -99,7 +106,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
             std::process::exit(code);
         }
         ForkResult::Parent { child } => {
-            drop(worker_end);
+            drop((worker_end, log_writer));
             drop(intercept);
             if settings.foreground != Foreground::Debug && settings.firewall == FirewallKind::Nft {
                 privdrop::confine_monitor().context("confine the monitor")?;
@@ -109,7 +116,17 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
                 settings.engine.count,
                 settings.engine.ttl,
             );
-            let code = monitor::run(firewall.as_mut(), validator, monitor_end, child, &signals);
+            link::set_nonblocking(&log_reader).context("log link")?;
+            let code = monitor::run(
+                firewall.as_mut(),
+                validator,
+                monitor::Links {
+                    worker: monitor_end,
+                    log: log_reader,
+                },
+                child,
+                &signals,
+            );
             log::info!("exiting");
             if let Some(pidfile) = pidfile {
                 pidfile.remove();
@@ -133,6 +150,7 @@ fn run_worker(
         ForkResult::Child => {
             // Nothing of the worker's stays open in the parser but its one socket.
             drop((intercept, monitor, signals, parser_link));
+            logging::forward_as(logging::Process::Parser);
             let code = match run_parser(settings, &parser_end, identity) {
                 Ok(()) => 0,
                 Err(e) => {

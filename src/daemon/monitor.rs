@@ -4,7 +4,8 @@
 //! from the worker, re-checks each with [`Validator`], applies it, and answers. When the
 //! worker goes away — by SIGTERM (forwarded from here) or by a crash — it closes every hole
 //! it knows of and flushes whatever else is ours (DESIGN.md invariant 6). It parses no
-//! packets and runs no FTP logic.
+//! packets and runs no FTP logic. It is also the one process that writes the log: the
+//! worker's and the parser's lines arrive on the log link (see `logging`).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -23,14 +24,39 @@ use crate::firewall::Firewall;
 /// How long the worker gets to close its holes after SIGTERM before it is killed.
 const WORKER_GRACE: Duration = Duration::from_millis(1500);
 
+/// The monitor's sockets.
+#[derive(Debug)]
+pub struct Links {
+    /// Requests from the worker, answers to it.
+    pub worker: OwnedFd,
+    /// Log lines from the worker and the parser (non-blocking).
+    pub log: OwnedFd,
+}
+
+/// Writes every log line waiting on the log link.
+fn drain_log(log: &OwnedFd) {
+    let mut buf = [0u8; logging::MAX_FORWARDED + 2];
+    loop {
+        match recv(log.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if n > 0 => logging::write_forwarded(&buf[..n]),
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
 /// Runs the monitor until the worker is gone; returns the process exit status.
 pub fn run(
     firewall: &mut dyn Firewall,
     mut validator: Validator,
-    socket: OwnedFd,
+    links: Links,
     worker: Pid,
     signals: &SignalPipe,
 ) -> i32 {
+    let Links {
+        worker: socket,
+        log,
+    } = links;
     let mut terminating: Option<Instant> = None;
     let mut buf = [0u8; REQUEST_LEN + 1];
     let worker_status = loop {
@@ -45,6 +71,7 @@ pub fn run(
                 unsafe { std::os::fd::BorrowedFd::borrow_raw(signals.fd()) },
                 PollFlags::POLLIN,
             ),
+            PollFd::new(log.as_fd(), PollFlags::POLLIN),
         ];
         if let Err(e) = poll(&mut fds, timeout) {
             if e != nix::errno::Errno::EINTR {
@@ -60,9 +87,11 @@ pub fn run(
                         let _ = kill(worker, NixSignal::SIGTERM);
                     }
                 }
+                // Only this process writes the log (the others forward to it), and it runs
+                // on the host, unconfined: it can always reconnect.
                 Signal::Reopen => {
                     logging::reopen();
-                    let _ = kill(worker, NixSignal::SIGHUP);
+                    log::info!("log reopened");
                 }
                 Signal::Status => {
                     let _ = kill(worker, NixSignal::SIGUSR1);
@@ -70,6 +99,7 @@ pub fn run(
                 Signal::Child => {}
             }
         }
+        drain_log(&log);
         // Serve every waiting request, then check on the worker.
         let mut worker_closed = false;
         loop {
@@ -103,6 +133,8 @@ pub fn run(
             break waitpid(worker, None).ok();
         }
     };
+    // The worker's and the parser's last words.
+    drain_log(&log);
     clean_up(firewall, &mut validator);
     match (terminating, worker_status) {
         (Some(_), _) => 0,

@@ -3,8 +3,10 @@
 //! Owns process spawning for the exec-based backends and nothing else: no rule syntax, no
 //! interpretation of the tool's output. Arguments are passed as a vector straight to
 //! `execve(2)` — never through a shell — so no address or name can be re-parsed as shell
-//! syntax. Free of `cfg` gates: the same code runs the real tools on FreeBSD and the fake
-//! tools (small shell scripts) in the Linux tests.
+//! syntax. With `-j` on FreeBSD the child attaches to the jail between fork and exec, as
+//! jexec(8) does, so the tool acts on the jail's vnet (see `crate::jail` for why the
+//! daemon itself stays on the host). Free of `cfg` gates: the same code runs the real
+//! tools on FreeBSD and the fake tools (small shell scripts) in the Linux tests.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -19,6 +21,9 @@ pub struct Cmd {
     pub program: PathBuf,
     /// The arguments after the program name.
     pub args: Vec<String>,
+    /// The jail (JID) to run it in: the child attaches before it executes `program`,
+    /// which is then the jail's own (`-j`).
+    pub jail: Option<i32>,
 }
 
 impl Cmd {
@@ -31,7 +36,15 @@ impl Cmd {
         Cmd {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
+            jail: None,
         }
+    }
+
+    /// The same command, run inside jail `jail` (or here, for `None`).
+    #[must_use]
+    pub fn in_jail(mut self, jail: Option<i32>) -> Cmd {
+        self.jail = jail;
+        self
     }
 }
 
@@ -39,6 +52,9 @@ impl Cmd {
 /// it is never executed in this form).
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(jid) = self.jail {
+            write!(f, "jexec {jid} ")?;
+        }
         write!(f, "{}", self.program.display())?;
         for arg in &self.args {
             write!(f, " {arg}")?;
@@ -104,6 +120,15 @@ pub fn run(cmd: &Cmd, stdin: Option<&[u8]>) -> Result<Output, super::Error> {
         .stderr(Stdio::piped())
         // The tools print messages we parse; keep them in the C locale.
         .env("LC_ALL", "C");
+    if let Some(jid) = cmd.jail {
+        // SAFETY: the closure makes one syscall (jail_attach) and allocates nothing,
+        // which is what may run between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                crate::jail::attach_in_child(jid)
+            });
+        }
+    }
     let mut child = spawn(&mut command).map_err(|e| io_err("start", e))?;
 
     // Write stdin from a second thread so a tool that answers before reading all of its
@@ -180,8 +205,12 @@ pub fn run_ok(cmd: &Cmd, stdin: Option<&[u8]>, what: &str) -> Result<Output, sup
 ///
 /// # Errors
 /// [`super::Error::Io`] when `sysctl` cannot be run.
-pub fn sysctl_value(sysctl: &Path, name: &str) -> Result<Option<String>, super::Error> {
-    let output = run(&Cmd::new(sysctl, ["-n", name]), None)?;
+pub fn sysctl_value(
+    sysctl: &Path,
+    jail: Option<i32>,
+    name: &str,
+) -> Result<Option<String>, super::Error> {
+    let output = run(&Cmd::new(sysctl, ["-n", name]).in_jail(jail), None)?;
     if output.success() {
         Ok(Some(output.stdout.trim().to_owned()))
     } else {
@@ -315,15 +344,26 @@ mod tests {
             r#"case "$2" in known) echo ' 1 ';; *) echo "sysctl: unknown oid '$2'" >&2; exit 1;; esac"#,
         );
         assert_eq!(
-            sysctl_value(&sysctl, "known").unwrap().as_deref(),
+            sysctl_value(&sysctl, None, "known").unwrap().as_deref(),
             Some("1")
         );
-        assert_eq!(sysctl_value(&sysctl, "other").unwrap(), None);
+        assert_eq!(sysctl_value(&sysctl, None, "other").unwrap(), None);
     }
 
     #[test]
     fn display_shows_the_command_line() {
         let cmd = Cmd::new("/sbin/ipfw", ["-q", "delete", "64003"]);
         assert_eq!(cmd.to_string(), "/sbin/ipfw -q delete 64003");
+    }
+
+    /// With `-j` every tool run attaches to the jail before it executes, as jexec(8)
+    /// does; where jail_attach(2) fails the tool never runs and the error says why.
+    #[test]
+    fn a_tool_for_a_jail_attaches_before_it_runs() {
+        let cmd = Cmd::new("/bin/echo", ["list"]).in_jail(Some(3));
+        assert_eq!(cmd.to_string(), "jexec 3 /bin/echo list");
+        let err = run(&cmd, None).unwrap_err();
+        assert!(matches!(err, super::super::Error::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("jexec 3 /bin/echo list"), "{err}");
     }
 }

@@ -70,6 +70,8 @@ pub struct IpfwConfig {
     pub allow_dyn_drop: bool,
     /// The comment that marks our rules (default [`DEFAULT_TAG`]).
     pub tag: String,
+    /// The vnet jail the tools run in (`-j`), or `None` for the host.
+    pub jail: Option<i32>,
 }
 
 impl IpfwConfig {
@@ -83,6 +85,7 @@ impl IpfwConfig {
             queue: None,
             allow_dyn_drop: false,
             tag: DEFAULT_TAG.to_owned(),
+            jail: None,
         }
     }
 
@@ -319,7 +322,7 @@ impl Ipfw {
     }
 
     fn cmd(&self, args: Vec<String>) -> Cmd {
-        Cmd::new(&self.config.ipfw, args)
+        Cmd::new(&self.config.ipfw, args).in_jail(self.config.jail)
     }
 
     /// Lists the static rules in our range.
@@ -358,7 +361,7 @@ impl Ipfw {
     }
 
     fn sysctl(&self, name: &str) -> Result<Option<String>, Error> {
-        exec::sysctl_value(&self.config.sysctl, name)
+        exec::sysctl_value(&self.config.sysctl, self.config.jail, name)
     }
 
     fn check_slot(&self, slot: Slot) -> Result<(), Error> {

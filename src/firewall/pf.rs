@@ -121,6 +121,8 @@ pub struct PfConfig {
     pub count: u16,
     /// `-q`, see the module docs.
     pub queue: Option<Queue>,
+    /// The vnet jail pfctl runs in (`-j`), or `None` for the host.
+    pub jail: Option<i32>,
 }
 
 impl PfConfig {
@@ -132,6 +134,7 @@ impl PfConfig {
             base,
             count,
             queue: None,
+            jail: None,
         }
     }
 
@@ -334,7 +337,7 @@ impl Pf {
     }
 
     fn cmd(&self, args: Vec<String>) -> Cmd {
-        Cmd::new(&self.config.pfctl, args)
+        Cmd::new(&self.config.pfctl, args).in_jail(self.config.jail)
     }
 
     fn flush_slot(&self, slot: Slot) -> Result<(), Error> {

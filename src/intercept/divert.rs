@@ -20,7 +20,7 @@ use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::divert_addr::{self, Direction, DirectionHint, DivertAddr, SOCKADDR_IN_LEN};
+use super::divert_addr::{self, DivertAddr, SOCKADDR_IN_LEN};
 use super::{Intercept, Packet};
 use ftp6proxy_core::engine::Checksum;
 
@@ -35,16 +35,6 @@ const BUF_LEN: usize = 40 + 65535;
 // The byte layout in divert_addr is FreeBSD's `struct sockaddr_in`.
 const _: () = assert!(mem::size_of::<libc::sockaddr_in>() == SOCKADDR_IN_LEN);
 
-/// How to open the divert socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DivertConfig {
-    /// The divert port (`-p`, default 10004): `ipfw add ... divert 10004 ...`.
-    pub port: u16,
-    /// Which directions the rules feeding this port divert (see
-    /// [`super::divert_addr`] on the IPv6 caveat).
-    pub hint: DirectionHint,
-}
-
 /// A packet kept for later: its bytes and the sockaddr to reinject it with.
 #[derive(Debug, Clone)]
 pub struct DivertHeld {
@@ -56,7 +46,6 @@ pub struct DivertHeld {
 #[derive(Debug, Clone, Copy)]
 struct Current {
     len: usize,
-    direction: Direction,
     addr: [u8; SOCKADDR_IN_LEN],
 }
 
@@ -64,9 +53,10 @@ struct Current {
 #[derive(Debug)]
 pub struct Divert {
     fd: OwnedFd,
-    hint: DirectionHint,
     buf: Box<[u8]>,
     current: Option<Current>,
+    /// Packets that came from an `in` rule (see `divert_addr`): counted, warned about once.
+    seen_inbound: u64,
 }
 
 fn is_unknown_domain(err: &io::Error) -> bool {
@@ -135,12 +125,14 @@ fn with_context(err: io::Error, port: u16, what: &str) -> io::Error {
 }
 
 impl Divert {
-    /// Creates the divert socket, binds it to `config.port` and makes it non-blocking.
+    /// Creates a non-blocking divert socket and binds it to divert port `port`. Runs in
+    /// the jail's child with `-j` (the socket keeps the jail's vnet), so it returns the bare
+    /// socket; [`Divert::from_socket`] wraps it.
     ///
     /// # Errors
     /// When divert is not available (the message names `kldload ipdivert`), when we lack
     /// the privilege, or when the port is taken.
-    pub fn open(config: DivertConfig) -> io::Result<Divert> {
+    pub fn bind_socket(port: u16) -> io::Result<OwnedFd> {
         let fd = match new_socket(PF_DIVERT, 0) {
             Ok(fd) => fd,
             Err(e) if is_unknown_domain(&e) => new_socket(libc::PF_INET, libc::IPPROTO_DIVERT)
@@ -155,13 +147,13 @@ impl Divert {
                             ),
                         )
                     } else {
-                        with_context(e, config.port, "create")
+                        with_context(e, port, "create")
                     }
                 })?,
-            Err(e) => return Err(with_context(e, config.port, "create")),
+            Err(e) => return Err(with_context(e, port, "create")),
         };
 
-        let sin = to_sockaddr_in(&divert_addr::bind_addr(config.port));
+        let sin = to_sockaddr_in(&divert_addr::bind_addr(port));
         // SAFETY: sin is a valid sockaddr_in and the length passed is its size.
         let rc = unsafe {
             libc::bind(
@@ -171,24 +163,19 @@ impl Divert {
             )
         };
         if rc != 0 {
-            return Err(with_context(
-                io::Error::last_os_error(),
-                config.port,
-                "bind",
-            ));
+            return Err(with_context(io::Error::last_os_error(), port, "bind"));
         }
-        Ok(Divert {
-            fd,
-            hint: config.hint,
-            buf: vec![0u8; BUF_LEN].into_boxed_slice(),
-            current: None,
-        })
+        Ok(fd)
     }
 
-    /// The direction of the current packet, as far as the kernel and the socket's hint
-    /// tell (see [`super::divert_addr`]).
-    pub fn current_direction(&self) -> Option<Direction> {
-        self.current.map(|c| c.direction)
+    /// The intercept around a socket from [`Divert::bind_socket`].
+    pub fn from_socket(fd: OwnedFd) -> Divert {
+        Divert {
+            fd,
+            buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            current: None,
+            seen_inbound: 0,
+        }
     }
 
     fn send(&self, packet: &[u8], addr: &[u8; SOCKADDR_IN_LEN]) -> io::Result<()> {
@@ -253,22 +240,22 @@ impl Intercept for Divert {
                 _ => return Err(err),
             }
         };
-        let raw = from_sockaddr_in(&sin);
-        // A sockaddr we cannot decode (never seen from divert) is echoed as received, so
-        // the packet still goes on after its rule.
-        let (addr, direction) = match DivertAddr::decode(&raw) {
-            Ok(a) => (
-                a.for_reinjection(self.hint).encode(),
-                a.direction(self.hint),
-            ),
-            Err(_) => (raw, Direction::Out),
-        };
+        // The sockaddr is echoed as received, so the packet goes on after its rule, in
+        // the direction it was going (the rules divert `out` only: see divert_addr).
+        let addr = from_sockaddr_in(&sin);
+        if DivertAddr::decode(&addr).is_ok_and(|a| a.seen_inbound()) {
+            self.seen_inbound += 1;
+            if self.seen_inbound == 1 {
+                log::warn!(
+                    "divert: a packet came from an `in` rule; divert FTP control traffic \
+                     with `out` rules only (an inbound IPv6 packet on an interface without \
+                     IPv4 cannot be told from an outbound one and would be reinjected on \
+                     the way out)"
+                );
+            }
+        }
         let len = n.min(self.buf.len());
-        self.current = Some(Current {
-            len,
-            direction,
-            addr,
-        });
+        self.current = Some(Current { len, addr });
         // divert(4) completes delayed checksums before handing a packet over.
         Ok(self.buf.get(..len).map(|bytes| Packet {
             bytes,

@@ -22,23 +22,20 @@
 //! - `sin_zero` holds the receiving interface's name whenever the packet has one; on an
 //!   inbound reinjection the kernel looks the interface up by that name first.
 //!
-//! # The IPv6 inbound caveat, and what we do about it
+//! # The IPv6 inbound caveat: divert on the way out only
 //! An inbound packet on an interface without an IPv4 address — typical for IPv6-only
-//! links, the very case this daemon exists for — arrives with `sin_addr` 0.0.0.0. Echoing
-//! that sockaddr reinjects the packet as *outbound*: it skips the input path (and the
-//! filter's inbound rules, and delivery to a local server) and is routed out again.
+//! links, the very case this daemon exists for — arrives with `sin_addr` 0.0.0.0
+//! (`divert_packet()` copies only an IPv4 interface address). Echoing that sockaddr
+//! reinjects the packet as *outbound*: it skips the input path (and the filter's inbound
+//! rules, and delivery to a local server) and is routed out again.
 //!
-//! Handling: the operator diverts the two directions to **separate ports**
-//! (`ipfw add divert 10004 tcp from any to any 21 in` / `... divert 10005 ... out`, as the
-//! sample rulesets do), and each socket is told its [`DirectionHint`]. For a socket that
-//! only ever sees inbound packets, [`DivertAddr::for_reinjection`] makes `sin_addr`
-//! non-zero when the kernel left it 0 but named the interface: the kernel then finds the
-//! interface by name and only needs the address to be non-zero. We use 0.0.0.1 as that
-//! marker, an address no interface can own, so if the named interface has vanished the
-//! fallback lookup by address fails cleanly (EADDRNOTAVAIL) instead of picking some other
-//! interface. With [`DirectionHint::Auto`] (one port for both directions) the sockaddr is
-//! echoed unchanged, which is exactly right for IPv4 and for interfaces with an IPv4
-//! address; the daemon warns about the IPv6 case at startup.
+//! So the daemon is fed on the output path only: the samples divert with `out` rules, and
+//! every control packet of a forwarding gateway passes there exactly once. Each sockaddr
+//! is echoed unchanged, which is exactly right for an outbound packet (`sin_addr` 0.0.0.0
+//! → `ip_output`/`ip6_output`, resuming after the diverting rule). A packet that arrives
+//! with `sin_addr` set came from an `in` rule ([`DivertAddr::seen_inbound`]): the daemon
+//! still passes it on as received, and warns once that the rules must say `out`; the ipfw
+//! backend also checks the ruleset for `divert` rules without `out` when it starts.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -47,9 +44,6 @@ use std::net::Ipv4Addr;
 pub const SOCKADDR_IN_LEN: usize = 16;
 /// FreeBSD's AF_INET.
 pub const AF_INET: u8 = 2;
-
-/// The marker put in `sin_addr` to force inbound reinjection (see the module docs).
-pub const INBOUND_MARKER: Ipv4Addr = Ipv4Addr::new(0, 0, 0, 1);
 
 mod field {
     use std::ops::Range;
@@ -78,27 +72,6 @@ pub enum Error {
         /// `sin_family` as received.
         family: u8,
     },
-}
-
-/// Which way the packets of one divert socket travel, as configured by the operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DirectionHint {
-    /// Both directions arrive on this socket: trust `sin_addr` and echo it unchanged.
-    #[default]
-    Auto,
-    /// Only inbound packets arrive (`divert PORT ... in`): reinject as inbound.
-    In,
-    /// Only outbound packets arrive (`divert PORT ... out`): reinject as outbound.
-    Out,
-}
-
-/// Which way one packet was going when the kernel diverted it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Received on an interface (input path).
-    In,
-    /// Being sent (output path).
-    Out,
 }
 
 /// A decoded divert sockaddr. Keeps every byte it was decoded from, so
@@ -168,36 +141,11 @@ impl DivertAddr {
         std::str::from_utf8(&self.zero[..end]).ok()
     }
 
-    /// The packet's direction, given the socket's hint.
-    pub fn direction(&self, hint: DirectionHint) -> Direction {
-        match hint {
-            DirectionHint::In => Direction::In,
-            DirectionHint::Out => Direction::Out,
-            DirectionHint::Auto if self.addr.is_unspecified() => Direction::Out,
-            DirectionHint::Auto => Direction::In,
-        }
-    }
-
-    /// The sockaddr to reinject with, so the packet continues after the diverting rule in
-    /// the direction it was going (see the module docs for the IPv6 caveat).
-    ///
-    /// - `Auto`: unchanged.
-    /// - `In`: unchanged if `sin_addr` is already set; else [`INBOUND_MARKER`] when the
-    ///   interface is named (the kernel looks it up by name). Without a name there is
-    ///   nothing to mark the input interface with, and the sockaddr stays as received.
-    /// - `Out`: `sin_addr` 0.0.0.0, the rest unchanged.
-    pub fn for_reinjection(&self, hint: DirectionHint) -> DivertAddr {
-        let mut out = *self;
-        match hint {
-            DirectionHint::Auto => {}
-            DirectionHint::In => {
-                if self.addr.is_unspecified() && self.ifname().is_some() {
-                    out.addr = INBOUND_MARKER;
-                }
-            }
-            DirectionHint::Out => out.addr = Ipv4Addr::UNSPECIFIED,
-        }
-        out
+    /// Whether the kernel marked the packet as received (input path): `sin_addr` holds the
+    /// receiving interface's IPv4 address. `false` means outbound — or inbound on an
+    /// interface without IPv4, which is why the daemon is fed by `out` rules only.
+    pub fn seen_inbound(&self) -> bool {
+        !self.addr.is_unspecified()
     }
 }
 
@@ -250,7 +198,7 @@ mod tests {
         assert_eq!(a.rule, 64003);
         assert_eq!(a.addr, Ipv4Addr::new(192, 0, 2, 1));
         assert_eq!(a.ifname(), Some("em0"));
-        assert_eq!(a.direction(DirectionHint::Auto), Direction::In);
+        assert!(a.seen_inbound(), "an IPv4 address marks the input path");
         assert_eq!(a.encode(), INBOUND_V4);
     }
 
@@ -270,40 +218,23 @@ mod tests {
     fn outbound_without_interface() {
         let a = DivertAddr::decode(&OUTBOUND_LOCAL).unwrap();
         assert_eq!(a.ifname(), None);
-        assert_eq!(a.direction(DirectionHint::Auto), Direction::Out);
-        for hint in [DirectionHint::Auto, DirectionHint::In, DirectionHint::Out] {
-            assert_eq!(a.for_reinjection(hint).encode(), OUTBOUND_LOCAL, "{hint:?}");
-        }
+        assert!(!a.seen_inbound());
+        assert_eq!(a.encode(), OUTBOUND_LOCAL);
     }
 
-    /// The IPv6 caveat: with `Auto` the packet would be reinjected outbound; a socket
-    /// configured `In` marks it inbound and keeps the interface name.
+    /// The IPv6 caveat that makes the rules `out` only: an inbound IPv6 packet on an
+    /// interface without IPv4 looks exactly like an outbound one (ip_divert.c
+    /// `divert_packet` sets `sin_addr` only from an IPv4 interface address), so echoing
+    /// its sockaddr would reinject it on the output path.
     #[test]
-    fn ipv6_inbound_without_ipv4_address() {
+    fn ipv6_inbound_without_ipv4_address_looks_outbound() {
         let a = DivertAddr::decode(&INBOUND_V6_NO_V4).unwrap();
         assert_eq!(a.ifname(), Some("vtnet0"));
-        assert_eq!(a.direction(DirectionHint::Auto), Direction::Out);
-        assert_eq!(a.direction(DirectionHint::In), Direction::In);
-        assert_eq!(
-            a.for_reinjection(DirectionHint::Auto).encode(),
-            INBOUND_V6_NO_V4
+        assert!(
+            !a.seen_inbound(),
+            "indistinguishable from an outbound packet"
         );
-        let r = a.for_reinjection(DirectionHint::In).encode();
-        let mut want = INBOUND_V6_NO_V4;
-        want[4..8].copy_from_slice(&[0, 0, 0, 1]);
-        assert_eq!(r, want);
-    }
-
-    #[test]
-    fn out_hint_clears_the_address_only() {
-        let mut bytes = INBOUND_V6_NO_V4;
-        bytes[4..8].copy_from_slice(&[192, 0, 2, 1]);
-        let a = DivertAddr::decode(&bytes).unwrap();
-        let r = a.for_reinjection(DirectionHint::Out);
-        assert_eq!(r.addr, Ipv4Addr::UNSPECIFIED);
-        assert_eq!((r.rule, r.zero), (a.rule, a.zero));
-        // In with an address already set: unchanged.
-        assert_eq!(a.for_reinjection(DirectionHint::In), a);
+        assert_eq!(a.encode(), INBOUND_V6_NO_V4);
     }
 
     #[test]
@@ -321,10 +252,6 @@ mod tests {
         let a = with_zero(*b"em0\0junk");
         assert_eq!(a.ifname(), Some("em0"));
         assert_eq!(&a.encode()[8..], b"em0\0junk");
-        assert_eq!(a.for_reinjection(DirectionHint::In).addr, INBOUND_MARKER);
-        // No name: an In hint has no interface to mark the packet inbound on.
-        let nameless = with_zero([0; 8]);
-        assert_eq!(nameless.for_reinjection(DirectionHint::In), nameless);
     }
 
     #[test]
@@ -367,7 +294,6 @@ mod tests {
             b[8..].copy_from_slice(&zero);
             let a = DivertAddr::decode(&b).unwrap();
             prop_assert_eq!(a.encode(), b);
-            prop_assert_eq!(a.for_reinjection(DirectionHint::Auto).encode(), b);
         }
 
         /// Any bytes decode or fail, never panic.

@@ -5,43 +5,47 @@ use anyhow::{bail, Context};
 use super::open_tool_firewall;
 use crate::cli::{FirewallKind, Settings};
 use crate::firewall::Firewall;
-use crate::intercept::divert::{Divert, DivertConfig};
-use crate::intercept::divert_addr::DirectionHint;
-use crate::jail::JailTarget;
+use crate::intercept::divert::Divert;
+use crate::jail::{self, Target};
 
 /// The intercept backend of this platform.
 pub type PlatformIntercept = Divert;
 
-/// Attaches to the vnet jail `-j NAME|JID`.
+/// Binds the divert socket on port `-p`. With `-j` a short-lived child attaches to the
+/// jail, makes and binds the socket there, and hands it back: the socket diverts and
+/// reinjects in the jail's vnet while the daemon stays on the host (see `jail`).
 ///
 /// # Errors
-/// When the jail does not exist, has no vnet, or cannot be attached.
-pub fn enter_target(target: &str) -> anyhow::Result<()> {
-    let jail = JailTarget::parse(target).with_context(|| format!("-j {target}"))?;
-    crate::jail::attach(&jail).with_context(|| format!("-j {target}"))
+/// When the socket cannot be created or bound (ipdivert not loaded, port in use), or the
+/// jail cannot be attached.
+pub fn open_intercept(settings: &Settings, target: Option<&Target>) -> anyhow::Result<Divert> {
+    let port = settings.port;
+    let socket = match target {
+        Some(target) => {
+            let jid = target.jid();
+            jail::socket_from_child(|| jail::attach_in_child(jid), || Divert::bind_socket(port))
+                .with_context(|| format!("-j {target}"))
+        }
+        None => Divert::bind_socket(port).map_err(anyhow::Error::from),
+    };
+    Ok(Divert::from_socket(socket.with_context(|| {
+        format!("divert socket on port {port}")
+    })?))
 }
 
-/// Binds the divert socket on port `-p`.
-///
-/// # Errors
-/// When the socket cannot be created or bound (ipdivert not loaded, port in use).
-pub fn open_intercept(settings: &Settings) -> anyhow::Result<Divert> {
-    Divert::open(DivertConfig {
-        port: settings.port,
-        hint: DirectionHint::Auto,
-    })
-    .with_context(|| format!("divert socket on port {}", settings.port))
-}
-
-/// The firewall backend from `--firewall`.
+/// The firewall backend from `--firewall`; with `-j` every tool it runs attaches to the
+/// jail first.
 ///
 /// # Errors
 /// When the backend cannot be opened, or nft is asked for.
-pub fn open_firewall(settings: &Settings) -> anyhow::Result<Box<dyn Firewall>> {
+pub fn open_firewall(
+    settings: &Settings,
+    target: Option<&Target>,
+) -> anyhow::Result<Box<dyn Firewall>> {
     if settings.firewall == FirewallKind::Nft {
         bail!("--firewall nft is only available on Linux; use ipfw or pf");
     }
-    open_tool_firewall(settings)?.context("firewall backend")
+    open_tool_firewall(settings, target.map(Target::jid))?.context("firewall backend")
 }
 
 /// Puts the parser into Capsicum capability mode once its descriptors are open: from here

@@ -7,38 +7,45 @@ use crate::cli::{FirewallKind, Settings};
 use crate::firewall::nft::Nft;
 use crate::firewall::Firewall;
 use crate::intercept::nfqueue::NfQueue;
+use crate::jail::Target;
 
 /// The intercept backend of this platform.
 pub type PlatformIntercept = NfQueue;
 
-/// Enters the network namespace `-j NAME` (as `ip netns` names it).
-///
-/// # Errors
-/// When it does not exist or cannot be entered.
-pub fn enter_target(target: &str) -> anyhow::Result<()> {
-    crate::jail::enter_netns(target).with_context(|| format!("-j {target}"))
+/// Runs `open` in the network namespace `-j` names, or here without `-j`: the sockets it
+/// makes stay in that namespace while the daemon stays on the host (see `jail`).
+fn in_target<T>(target: Option<&Target>, open: impl FnOnce() -> T) -> anyhow::Result<T> {
+    Ok(match target {
+        Some(target) => target
+            .within(open)
+            .with_context(|| format!("-j {target}"))?,
+        None => open(),
+    })
 }
 
-/// Binds NFQUEUE `-p`.
+/// Binds NFQUEUE `-p`, in the namespace of `-j`.
 ///
 /// # Errors
 /// When the queue cannot be bound (permission, or another process holds it).
-pub fn open_intercept(settings: &Settings) -> anyhow::Result<NfQueue> {
-    NfQueue::open(settings.port).with_context(|| format!("bind NFQUEUE {}", settings.port))
+pub fn open_intercept(settings: &Settings, target: Option<&Target>) -> anyhow::Result<NfQueue> {
+    in_target(target, || NfQueue::open(settings.port))?
+        .with_context(|| format!("bind NFQUEUE {}", settings.port))
 }
 
-/// The firewall backend from `--firewall`.
+/// The firewall backend from `--firewall`, talking to the namespace of `-j`.
 ///
 /// # Errors
 /// When the backend cannot be opened.
-pub fn open_firewall(settings: &Settings) -> anyhow::Result<Box<dyn Firewall>> {
+pub fn open_firewall(
+    settings: &Settings,
+    target: Option<&Target>,
+) -> anyhow::Result<Box<dyn Firewall>> {
     if settings.firewall == FirewallKind::Nft {
         let table = format!("{} {}", settings.nft_table.family, settings.nft_table.name);
-        return Ok(Box::new(
-            Nft::open(&table, &settings.anchor).context("open nftables")?,
-        ));
+        let nft = in_target(target, || Nft::open(&table, &settings.anchor))?;
+        return Ok(Box::new(nft.context("open nftables")?));
     }
-    open_tool_firewall(settings)?.context("firewall backend")
+    open_tool_firewall(settings, None)?.context("firewall backend")
 }
 
 /// Confines the parser with a seccomp-bpf allowlist (Capsicum's role on FreeBSD); it has

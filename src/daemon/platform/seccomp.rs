@@ -25,7 +25,7 @@ fn allowed() -> Vec<libc::c_long> {
     let mut calls = vec![
         libc::SYS_recvfrom,      // messages from the worker
         libc::SYS_recvmsg,       // the same, through other libc paths
-        libc::SYS_sendto,        // answers to the worker; syslog(3) on its connected socket
+        libc::SYS_sendto,        // answers to the worker; log lines on the log link
         libc::SYS_sendmsg,       // the same
         libc::SYS_write,         // stderr under -d -d, and panics
         libc::SYS_writev,        // stderr
