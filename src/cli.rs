@@ -306,6 +306,15 @@ impl Args {
             }
         };
         let firewall = self.firewall.unwrap_or_else(FirewallKind::platform_default);
+        // 65535 is ipfw's default rule, always present and never ours
+        // (sys/netinet/ip_fw.h: `#define IPFW_DEFAULT_RULE 65535`, "the last one").
+        if firewall == FirewallKind::Ipfw && base + count - 1 > 65534 {
+            return Err(usage(format!(
+                "-b {base} -c {count}: the last rule would be {}, but 65535 is ipfw's \
+                 default rule; the range must end at 65534 or below",
+                base + count - 1
+            )));
+        }
         if let Some(queue) = &self.queue {
             let expected = match firewall {
                 FirewallKind::Ipfw if queue.parse::<u16>().is_ok_and(|q| q >= 1) => None,
@@ -501,6 +510,19 @@ mod tests {
         assert_eq!(
             usage_error(&["-c", "0"]),
             "ftp6proxy: -c 0: count must be at least 1"
+        );
+    }
+
+    #[test]
+    fn ipfw_range_stops_before_the_default_rule_65535() {
+        let err = usage_error(&["--firewall", "ipfw", "-b", "65500", "-c", "36"]);
+        assert!(err.contains("65535 is ipfw's default rule"), "{err}");
+        let ok = settings(&["--firewall", "ipfw", "-b", "65500", "-c", "35"]);
+        assert_eq!(ok.engine.count, 35);
+        let pf = settings(&["--firewall", "pf", "-b", "65500", "-c", "36"]);
+        assert_eq!(
+            pf.engine.count, 36,
+            "pf slots are anchor names, not rule numbers"
         );
     }
 

@@ -42,6 +42,7 @@ fn open_tool_firewall(
         FirewallKind::Ipfw => {
             let mut config = IpfwConfig::new(e.base, e.count);
             config.jail = jail;
+            config.divert_port = cfg!(target_os = "freebsd").then_some(settings.port);
             config.allow_dyn_drop = settings.ipfw_allow_state_loss;
             config.queue = settings
                 .queue

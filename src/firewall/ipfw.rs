@@ -72,6 +72,9 @@ pub struct IpfwConfig {
     pub tag: String,
     /// The vnet jail the tools run in (`-j`), or `None` for the host.
     pub jail: Option<i32>,
+    /// The divert port the daemon reads (`-p`): at start, rules diverting to it without
+    /// `out` are reported (see [`divert_rules_not_out`]).
+    pub divert_port: Option<u16>,
 }
 
 impl IpfwConfig {
@@ -86,6 +89,7 @@ impl IpfwConfig {
             allow_dyn_drop: false,
             tag: DEFAULT_TAG.to_owned(),
             jail: None,
+            divert_port: None,
         }
     }
 
@@ -181,6 +185,28 @@ pub fn delete_args(numbers: &[u16]) -> Vec<String> {
 /// must still stop us.
 pub fn list_args(base: u16, end: u16) -> Vec<String> {
     vec!["-S".to_owned(), "list".to_owned(), format!("{base}-{end}")]
+}
+
+/// The rules of an `ipfw -S list` listing that divert to `port` but may match packets on
+/// their way in: neither `out` nor `xmit IF` (which matches only on the output path,
+/// ipfw(8)). Such a rule hands the daemon inbound packets, and an inbound IPv6 packet on an
+/// interface without an IPv4 address comes back from divert(4) looking outbound
+/// (sys/netinet/ip_divert.c `divert_packet` sets `sin_addr` only from an IPv4 interface
+/// address), so echoing its sockaddr reinjects it on the way out. The daemon needs each
+/// control packet once, and the output path of a gateway sees every one: `out` only.
+pub fn divert_rules_not_out(listing: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    listing
+        .lines()
+        .filter(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let diverts_here = words
+                .windows(2)
+                .any(|pair| pair[0] == "divert" && pair[1] == port);
+            diverts_here && !words.iter().any(|w| *w == "out" || *w == "xmit")
+        })
+        .map(|line| line.trim().to_owned())
+        .collect()
 }
 
 fn addr(ip: IpAddr) -> String {
@@ -418,6 +444,17 @@ impl Firewall for Ipfw {
                 )));
             }
         }
+        if let Some(port) = self.config.divert_port {
+            let cmd = self.cmd(vec!["-S".to_owned(), "list".to_owned()]);
+            let output = exec::run(&cmd, None)?;
+            for rule in divert_rules_not_out(&output.stdout, port) {
+                log::warn!(
+                    "ipfw rule `{rule}` diverts to port {port} without `out`: divert FTP \
+                     control traffic on the way out only (an inbound IPv6 packet would be \
+                     reinjected as outbound; see ipfw.rules.sample)"
+                );
+            }
+        }
         // Also proves we may run ipfw, and finds foreign rules before the first hole.
         plan_cleanup(&self.list()?, &self.config).map(drop)
     }
@@ -452,6 +489,26 @@ impl Firewall for Ipfw {
 mod tests {
     use super::super::exec::fake::TempDir;
     use super::*;
+
+    #[test]
+    fn divert_rules_must_say_out_or_xmit() {
+        let listing = "\
+00100 set 0 divert 10004 tcp from any to any 21 out via em0
+00110 set 0 divert 10004 tcp from any 21 to any xmit em0
+00120 set 0 divert 10004 tcp from any to any 21 in recv em1
+00130 set 0 divert 10004 tcp from any 21 to any
+00140 set 0 divert 10005 tcp from any to any 21
+00150 set 0 allow tcp from any to any 10004
+";
+        assert_eq!(
+            divert_rules_not_out(listing, 10004),
+            [
+                "00120 set 0 divert 10004 tcp from any to any 21 in recv em1",
+                "00130 set 0 divert 10004 tcp from any 21 to any"
+            ]
+        );
+        assert!(divert_rules_not_out("", 10004).is_empty());
+    }
     use crate::firewall::test_holes::{open, v4, v6};
     use std::time::Duration;
 
