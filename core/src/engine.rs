@@ -25,7 +25,7 @@ use crate::ftp::ParseError;
 use crate::holes::{FwAction, HoleSpec, HoleTable, Opened, Slot};
 use crate::limiter::{Admit, RateLimiter};
 use crate::policy::{self, Deny};
-use crate::tracker::{ConnTable, Dir, EndReason, LineMeaning};
+use crate::tracker::{ConnTable, Dir, EndReason, Line, LineMeaning, Session};
 use crate::wire;
 use crate::ConnId;
 
@@ -135,8 +135,13 @@ pub struct Counters {
     pub holes_closed: u64,
     /// Holes the firewall refused.
     pub holes_failed: u64,
+    /// Gaps: bytes of a direction the engine will never see (TCP acknowledged them, or
+    /// the reorder buffer gave up).
+    pub gaps: u64,
+    /// RSTs ignored because the endpoints would ignore them too (RFC 5961 §3).
+    pub rst_ignored: u64,
     /// Announcements denied, by [`Deny::REASONS`] index.
-    pub denied: [u64; 8],
+    pub denied: [u64; Deny::REASONS.len()],
     /// Control connections that switched to TLS.
     pub tls: u64,
 }
@@ -155,14 +160,21 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "packets={} unparsed={} not_ftp={} bad_checksum={} lines={} overlong={} \
+            "packets={} unparsed={} fragments={} not_ftp={} bad_checksum={} connections={} \
+             evicted={} lines={} overlong={} reorder_drops={} gaps={} rst_ignored={} \
              malformed={} opened={} rearmed={} closed={} failed={} tls={}",
             self.packets,
             self.unparsed,
+            self.fragments,
             self.not_ftp,
             self.bad_checksum,
+            self.connections,
+            self.evicted,
             self.lines,
             self.overlong_lines,
+            self.reorder_drops,
+            self.gaps,
+            self.rst_ignored,
             self.malformed,
             self.holes_opened,
             self.holes_rearmed,
@@ -284,6 +296,24 @@ pub enum Event {
         /// Connection.
         conn: ConnId,
     },
+    /// The engine lost bytes of one direction of a connection for good (TCP proved it, or
+    /// the reorder buffer gave up): lines resume at the next line end.
+    Gap {
+        /// Connection.
+        conn: ConnId,
+        /// Which direction lost bytes.
+        dir: Dir,
+        /// This gap ended the help for passive replies on this connection (a server gap).
+        passive_help_ends: bool,
+    },
+    /// A RST that the endpoints would not accept (its sequence number is not the exact
+    /// next one, RFC 5961 §3) was ignored.
+    RstIgnored {
+        /// Connection.
+        conn: ConnId,
+        /// Who it claims to come from.
+        dir: Dir,
+    },
     /// Events of one reason were held back by the log limiter.
     Suppressed {
         /// The reason.
@@ -304,7 +334,9 @@ impl Event {
             Event::HoleOpen { .. }
             | Event::HoleRearm { .. }
             | Event::HoleClose { .. }
-            | Event::TlsStarted { .. } => Level::Info,
+            | Event::TlsStarted { .. }
+            | Event::Gap { .. }
+            | Event::RstIgnored { .. } => Level::Info,
             Event::ConnStart { .. } | Event::ConnEnd { .. } | Event::Line { .. } => Level::Debug,
         }
     }
@@ -327,6 +359,30 @@ impl fmt::Display for Event {
                 write!(f, "{conn} connection end reason={}", reason.name())
             }
             Event::Line { conn, dir, text } => write!(f, "{conn} {}: {text}", dir.name()),
+            Event::Gap {
+                conn,
+                dir,
+                passive_help_ends,
+            } => {
+                write!(
+                    f,
+                    "{conn} gap dir={}: bytes lost for good, lines resume at the next line end",
+                    dir.name()
+                )?;
+                if *passive_help_ends {
+                    write!(
+                        f,
+                        "; passive replies on this connection are no longer helped (a \
+                         multi-line reply may be open), PORT/EPRT still are"
+                    )?;
+                }
+                Ok(())
+            }
+            Event::RstIgnored { conn, dir } => write!(
+                f,
+                "{conn} rst ignored dir={}: sequence number not the exact next one (RFC 5961)",
+                dir.name()
+            ),
             Event::HoleOpen {
                 conn,
                 slot,
@@ -543,13 +599,26 @@ impl Engine {
                 self.next_reap = Some(now + REAP_INTERVAL);
             }
         }
-        self.read_segment(now, &key, dir, &segment, &mut outcome);
+        self.read_segment(now, &key, dir, &segment, checksum, &mut outcome);
 
         let Some(conn) = self.conns.get_mut(&key) else {
             return outcome;
         };
         let ended = if flags.rst {
-            Some(EndReason::Reset)
+            // RFC 5961 §3: the endpoints accept a RST only at exactly the next sequence
+            // number (an in-window one only draws a challenge ACK). Ending on anything
+            // less would let an off-path guesser make the engine forget a connection.
+            if rst_is_exact(conn, dir, &segment) {
+                Some(EndReason::Reset)
+            } else {
+                let id = conn.id;
+                self.counters.rst_ignored += 1;
+                if let Admit::Yes { suppressed } = self.limiter.admit(now, "rst_ignored") {
+                    self.push_suppressed("rst_ignored", suppressed);
+                    self.events.push_back(Event::RstIgnored { conn: id, dir });
+                }
+                return outcome;
+            }
         } else {
             if flags.fin {
                 conn.fin[dir.index()] = true;
@@ -571,6 +640,7 @@ impl Engine {
         key: &(SocketAddr, SocketAddr),
         dir: Dir,
         segment: &wire::Segment<'_>,
+        checksum: Checksum,
         outcome: &mut Outcome,
     ) {
         let Some(conn) = self.conns.get_mut(key) else {
@@ -580,54 +650,94 @@ impl Engine {
         if segment.flags.syn {
             conn.streams[dir.index()].syn(segment.seq);
         }
-        if conn.session.is_encrypted() || segment.payload.is_empty() {
+        if conn.session.is_encrypted() {
             return;
         }
-        // With SYN, the data starts one past the initial sequence number.
-        let data_seq = segment.seq.wrapping_add(u32::from(segment.flags.syn));
         let id = conn.id;
         let (client, server) = (conn.client.ip(), conn.server.ip());
-        let mut meanings: Vec<(LineMeaning, u32, Option<String>)> = Vec::new();
-        let mut overlong = 0;
-        let log_lines = self.config.log_lines;
-        let session = &mut conn.session;
-        let fed = conn.streams[dir.index()].feed(data_seq, segment.payload, |line| {
-            if line.truncated {
-                overlong += 1;
+        let ack = segment.flags.ack.then_some(segment.ack);
+        let mut reader = LineReader {
+            log_lines: self.config.log_lines,
+            meanings: Vec::new(),
+            overlong: 0,
+        };
+        let mut gaps: Vec<(Dir, bool)> = Vec::new();
+
+        // TCP's proof of a gap in the other direction: this segment acknowledges bytes the
+        // engine never saw. The receiver has them; they will not come again.
+        let other = dir.other();
+        // Only a segment its receiver would take proves anything: not a RST (checked
+        // against RFC 5961 separately), and not one with a bad checksum (data segments
+        // were checked on the way in; a bare ACK is checked here, only when it matters).
+        let proves = |segment: &wire::Segment<'_>| {
+            !segment.flags.rst
+                && (!segment.payload.is_empty()
+                    || checksum == Checksum::NotReady
+                    || segment.checksum_valid())
+        };
+        if let Some(ack) = ack {
+            if conn.streams[other.index()].gap_proven_by(ack, conn.fin[other.index()])
+                && proves(segment)
+            {
+                let before = conn.session.after_server_gap();
+                conn.session.resync(other);
+                gaps.push((other, !before && conn.session.after_server_gap()));
+                let session = &mut conn.session;
+                // Lines of the other direction kept behind the gap: their segments'
+                // acknowledgments are not kept, so none is claimed for them.
+                conn.streams[other.index()]
+                    .skip_gap(ack, |line| reader.read(session, other, line, None));
             }
-            // Once the channel is encrypted, what follows in this segment is ciphertext.
-            if session.is_encrypted() {
-                return;
-            }
-            let meaning = match dir {
-                Dir::ToServer => session.client_line(line.bytes, line.truncated),
-                Dir::ToClient => session.server_line(line.bytes, line.truncated),
-            };
-            let wanted = log_lines || matches!(meaning, LineMeaning::Malformed { .. });
-            let text = wanted.then(|| escape(line.bytes));
-            meanings.push((meaning, line.end_seq, text));
-        });
-        self.counters.overlong_lines += overlong;
-        if fed.dropped || fed.resynced {
-            self.counters.reorder_drops += 1;
         }
-        // A retransmission of the segment that carried the last announcement re-arms its
-        // hole: the receiver evidently has not got it yet, and may act on it after the
-        // first hole expired.
-        let rearm = conn.last_hole[dir.index()].filter(|(end_seq, _)| {
-            let last_byte = end_seq.wrapping_sub(1);
-            let into = last_byte.wrapping_sub(data_seq);
-            usize::try_from(into).is_ok_and(|into| into < fed.old_bytes)
-        });
+
+        let mut rearm = None;
+        if !segment.payload.is_empty() && !conn.session.is_encrypted() {
+            // With SYN, the data starts one past the initial sequence number.
+            let data_seq = segment.seq.wrapping_add(u32::from(segment.flags.syn));
+            let before = conn.session.after_server_gap();
+            let session = &mut conn.session;
+            let fed = conn.streams[dir.index()].feed(data_seq, segment.payload, |line| {
+                reader.read(session, dir, line, ack);
+            });
+            if fed.resynced {
+                // The reorder buffer gave up on a gap (a line after it, if any, already
+                // made the session forget).
+                conn.session.resync(dir);
+                gaps.push((dir, !before && conn.session.after_server_gap()));
+            }
+            if fed.dropped || fed.resynced {
+                self.counters.reorder_drops += 1;
+            }
+            // A retransmission of the segment that carried the last announcement re-arms
+            // its hole: the receiver evidently has not got it yet, and may act on it after
+            // the first hole expired.
+            rearm = conn.last_hole[dir.index()].filter(|(end_seq, _)| {
+                let last_byte = end_seq.wrapping_sub(1);
+                let into = last_byte.wrapping_sub(data_seq);
+                usize::try_from(into).is_ok_and(|into| into < fed.old_bytes)
+            });
+        }
+        self.counters.overlong_lines += reader.overlong;
+        for (gap_dir, passive_help_ends) in gaps {
+            self.counters.gaps += 1;
+            if let Admit::Yes { suppressed } = self.limiter.admit(now, "gap") {
+                self.push_suppressed("gap", suppressed);
+                self.events.push_back(Event::Gap {
+                    conn: id,
+                    dir: gap_dir,
+                    passive_help_ends,
+                });
+            }
+        }
         if let Some((_, spec)) = rearm {
             self.open_hole(now, id, None, dir, None, spec, outcome);
         }
-        for (meaning, end_seq, text) in meanings {
+        for (line_dir, meaning, end_seq, text) in reader.meanings {
             self.counters.lines += 1;
-            if let Some(text) = text.clone().filter(|_| log_lines) {
+            if let Some(text) = text.clone().filter(|_| self.config.log_lines) {
                 self.events.push_back(Event::Line {
                     conn: id,
-                    dir,
+                    dir: line_dir,
                     text,
                 });
             }
@@ -653,9 +763,15 @@ impl Engine {
                 LineMeaning::Announce(announcement) => {
                     let what = announcement.source.name();
                     match policy::check_announcement(&announcement, client, server) {
-                        Ok(spec) => {
-                            self.open_hole(now, id, Some(key), dir, Some(end_seq), spec, outcome)
-                        }
+                        Ok(spec) => self.open_hole(
+                            now,
+                            id,
+                            Some(key),
+                            line_dir,
+                            Some(end_seq),
+                            spec,
+                            outcome,
+                        ),
                         Err(deny) => self.deny(now, id, what, deny),
                     }
                 }
@@ -784,5 +900,58 @@ impl Engine {
             });
         }
         actions
+    }
+}
+
+/// Reads the lines one segment completes into their meanings, in stream order.
+struct LineReader {
+    log_lines: bool,
+    /// (direction, meaning, line end, escaped text when it is to be logged)
+    meanings: Vec<(Dir, LineMeaning, u32, Option<String>)>,
+    overlong: u64,
+}
+
+impl LineReader {
+    /// One line of `dir`, carried by a segment acknowledging `ack` (server lines only).
+    fn read(&mut self, session: &mut Session, dir: Dir, line: Line<'_>, ack: Option<u32>) {
+        if line.truncated {
+            self.overlong += 1;
+        }
+        // Once the channel is encrypted, what follows in this segment is ciphertext.
+        if session.is_encrypted() {
+            return;
+        }
+        if line.after_resync {
+            session.resync(dir);
+        }
+        let meaning = match (dir, line.fragment) {
+            (Dir::ToServer, false) => session.client_line(line.bytes, line.truncated, line.end_seq),
+            (Dir::ToServer, true) => session.client_fragment(line.bytes, line.end_seq),
+            (Dir::ToClient, false) => session.server_line(line.bytes, line.truncated, ack),
+            // A reply's tail tells nothing that can be trusted (the session already
+            // treats the server's stream as cut).
+            (Dir::ToClient, true) => LineMeaning::Nothing,
+        };
+        let wanted = self.log_lines || matches!(meaning, LineMeaning::Malformed { .. });
+        let text = wanted.then(|| escape(line.bytes));
+        self.meanings.push((dir, meaning, line.end_seq, text));
+    }
+}
+
+/// Whether a RST on `conn` from `dir` would be accepted by its receiver (RFC 5961 §3): its
+/// sequence number is exactly the next one of its direction (one more after a FIN), or,
+/// refusing a connection whose sender has sent nothing, it acknowledges exactly the other
+/// side's next byte (RFC 9293 §3.10.7.3, the SYN-SENT case).
+fn rst_is_exact(conn: &crate::tracker::Conn, dir: Dir, segment: &wire::Segment<'_>) -> bool {
+    let stream = &conn.streams[dir.index()];
+    match stream.next_seq() {
+        Some(next) => {
+            let expected = next.wrapping_add(u32::from(conn.fin[dir.index()]));
+            segment.seq == expected
+        }
+        None => {
+            let other = conn.streams[dir.other().index()].next_seq();
+            segment.flags.ack && other == Some(segment.ack)
+        }
     }
 }

@@ -109,6 +109,17 @@ pub enum Deny {
     Truncated,
     /// Every hole slot is in use.
     TableFull,
+    /// A passive reply on a connection whose server stream lost bytes the engine never saw
+    /// (a gap, or joining mid-stream): a multi-line reply may have been open across the
+    /// gap, and text inside one can look like a passive reply (see ARCHITECTURE.md,
+    /// "Gaps and rejoining").
+    AfterGap {
+        /// The reply code.
+        code: u16,
+    },
+    /// An announcement in the tail of a line whose start the engine never saw (after a
+    /// gap, or joining mid-stream): it may be the middle of some other line.
+    MidLine,
 }
 
 impl Deny {
@@ -123,11 +134,13 @@ impl Deny {
             Deny::ReplyFromClient { .. } => "reply_from_client",
             Deny::Truncated => "truncated",
             Deny::TableFull => "table_full",
+            Deny::AfterGap { .. } => "after_gap",
+            Deny::MidLine => "mid_line",
         }
     }
 
     /// Every reason, in counter order.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 10] = [
         "bounce",
         "family_mismatch",
         "low_port",
@@ -136,6 +149,8 @@ impl Deny {
         "reply_from_client",
         "truncated",
         "table_full",
+        "after_gap",
+        "mid_line",
     ];
 
     /// Index of this reason in [`Deny::REASONS`].
@@ -157,8 +172,9 @@ impl fmt::Display for Deny {
             Deny::LowPort { port } => write!(f, " port={port}"),
             Deny::Unsolicited { code }
             | Deny::InsideMultiline { code }
-            | Deny::ReplyFromClient { code } => write!(f, " code={code}"),
-            Deny::Truncated | Deny::TableFull => Ok(()),
+            | Deny::ReplyFromClient { code }
+            | Deny::AfterGap { code } => write!(f, " code={code}"),
+            Deny::Truncated | Deny::TableFull | Deny::MidLine => Ok(()),
         }
     }
 }

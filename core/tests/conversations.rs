@@ -626,3 +626,160 @@ fn debug_line_events_escape_untrusted_bytes() {
     h.send(Side::Client, b"USER \x1b[31mevil\x00\r\n");
     assert!(h.logged("client: USER \\x1b[31mevil\\x00"), "{:?}", h.log());
 }
+
+// ---------------------------------------------------------------------------------------
+// Gaps: bytes the engine never saw (NFQUEUE fail-open, a full divert buffer, a restart).
+
+/// The motivating case (issue 9): one client segment, a `RETR`, passes unseen. The server's
+/// acknowledgment proves the gap at once; the replies to the lost command pair with
+/// nothing; every later `PASV` gets its hole, transfer after transfer.
+#[test]
+fn lost_client_command_leaves_later_passive_replies_helped() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    for (i, p2) in (80u16..84).enumerate() {
+        h.client("PASV\r\n");
+        h.server(&format!(
+            "227 Entering Passive Mode (198,51,100,21,195,{p2}).\r\n"
+        ));
+        assert_eq!(h.holes().len(), 1, "transfer {i}");
+        if i == 1 {
+            h.lose(Side::Client, b"RETR lost.bin\r\n");
+        } else {
+            h.client("RETR file.bin\r\n");
+        }
+        h.server("150 Opening BINARY mode data connection.\r\n");
+        h.server("226 Transfer complete.\r\n");
+        h.advance(Duration::from_secs(3));
+    }
+    assert_eq!(h.opens(), 4);
+    assert_eq!(h.engine.counters().gaps, 1);
+    assert_eq!(h.engine.counters().denied("unsolicited"), 0);
+    assert!(h.logged("gap dir=client"));
+}
+
+/// The acknowledgment rule: a reply can only answer a command the server had received.
+/// A reply sent before the server had the `EPSV` (its acknowledgment falls short of the
+/// command's end) pairs with nothing, even when it looks like the answer.
+#[test]
+fn reply_sent_before_the_server_had_the_command_pairs_with_nothing() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    let before_epsv = h.client_seq;
+    h.client("EPSV\r\n");
+    let (src, dst, seq) = h.next(Side::Server);
+    let early = b"229 Entering Extended Passive Mode (|||50410|)\r\n";
+    h.feed(&support::packet_acking(
+        src,
+        dst,
+        seq,
+        before_epsv,
+        "AP",
+        early,
+    ));
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("unsolicited"), 1);
+}
+
+/// A lost server segment: nothing tells where a multi-line reply might have ended, so
+/// passive replies on this connection are no longer helped; commands still are.
+#[test]
+fn lost_server_segment_ends_passive_help_but_not_active() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("STAT\r\n");
+    h.lose(Side::Server, b"211-FTP server status:\r\n");
+    h.client("EPSV\r\n"); // acknowledges the lost reply: the gap is proven
+    h.server("     Connected to 2001:db8:1::10\r\n211 End of status\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50411|)\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("after_gap"), 1);
+    assert!(h.logged("passive replies on this connection are no longer helped"));
+    h.client("EPRT |2|2001:db8:1::10|50412|\r\n");
+    assert_eq!(
+        h.holes(),
+        [active("2001:db8:2::21", "2001:db8:1::10", 50412)]
+    );
+}
+
+/// The pipelined-echo attack across a server gap: the client had the server start a
+/// multi-line reply that echoes its text, a segment of it passes unseen, and the client
+/// pipelines an `EPSV` so that the echoed `229` line arrives right after it, at a line
+/// start, acknowledging the `EPSV`. It opens nothing.
+#[test]
+fn pipelined_echo_inside_a_reply_cut_by_a_gap_opens_nothing() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("STAT *\r\n");
+    h.server("213-status of *:\r\n");
+    h.lose(Side::Server, b"-rw-r--r-- 1 ftp ftp 0 Nov 30 a\r\n");
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||6000|)\r\n213 End of status\r\n");
+    assert!(h.holes().is_empty());
+}
+
+/// A client segment that starts mid-line after a gap is not read from its start: the
+/// slipstream defence holds when the gap is proven by an acknowledgment.
+#[test]
+fn client_segment_after_a_gap_is_read_from_the_next_line_end() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.lose(Side::Client, b"SITE ECHO ");
+    h.client("EPRT |2|2001:db8:1::10|50413|\r\n");
+    h.server("500 Unknown command.\r\n"); // acknowledges both: the gap is proven
+    assert!(h.holes().is_empty());
+    h.client("EPRT |2|2001:db8:1::10|50414|\r\n");
+    assert_eq!(
+        h.holes(),
+        [active("2001:db8:2::21", "2001:db8:1::10", 50414)]
+    );
+}
+
+/// Invariant 5 after a restart: a connection joined mid-stream is helped for commands from
+/// the next line end, but passive replies are not (its server stream started unseen).
+#[test]
+fn midstream_connection_helps_commands_but_not_passive_replies() {
+    let mut h = Harness::v4();
+    h.client("PASV\r\n");
+    h.server("227 Entering Passive Mode (198,51,100,21,195,90).\r\n");
+    h.client("PASV\r\n");
+    h.server("227 Entering Passive Mode (198,51,100,21,195,91).\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("after_gap"), 1);
+    h.client("PORT 192,0,2,10,197,210\r\n");
+    assert_eq!(h.holes(), [active("198.51.100.21", "192.0.2.10", 50642)]);
+}
+
+/// A RST the endpoints would ignore (not exactly the next sequence number, RFC 5961 §3) is
+/// ignored here too: an off-path guess cannot make the engine forget a connection.
+#[test]
+fn inexact_rst_is_ignored_and_the_exact_one_ends_tracking() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    let (src, dst, seq) = h.next(Side::Server);
+    h.feed(&packet(src, dst, seq.wrapping_add(1000), "R", b""));
+    assert_eq!(h.engine.connections(), 1);
+    assert_eq!(h.engine.counters().rst_ignored, 1);
+    assert!(h.logged("rst ignored dir=server"));
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50415|)\r\n");
+    assert_eq!(h.holes().len(), 1, "the session goes on");
+    let (src, dst, seq) = h.next(Side::Server);
+    h.feed(&packet(src, dst, seq, "R", b""));
+    assert_eq!(h.engine.connections(), 0);
+}
+
+/// A server refusing the connection: its RST acknowledges exactly the client's SYN.
+#[test]
+fn rst_refusing_a_syn_ends_tracking() {
+    let mut h = Harness::v4();
+    let syn = packet(h.client, h.server, h.client_seq, "S", b"");
+    h.feed(&syn);
+    assert_eq!(h.engine.connections(), 1);
+    let wrong = support::packet_acking(h.server, h.client, 0, h.client_seq + 7, "RA", b"");
+    h.feed(&wrong);
+    assert_eq!(h.engine.connections(), 1);
+    let refusal = support::packet_acking(h.server, h.client, 0, h.client_seq + 1, "RA", b"");
+    h.feed(&refusal);
+    assert_eq!(h.engine.connections(), 0);
+}

@@ -9,6 +9,13 @@
 //!
 //! Overlapping data is resolved first-come: bytes already consumed are never read again, so
 //! a retransmission that differs from the original cannot change a line after the fact.
+//!
+//! A gap is given up on in two ways: when the reorder buffer overflows, or at once when the
+//! other direction acknowledges bytes of this one that never arrived here
+//! ([`LineAssembler::gap_proven_by`]): the receiver has them, so TCP will not send them
+//! again. Either way the stream goes on unsynchronised, skipping to the next line end, and
+//! the first line read after that is marked ([`Line::after_resync`]) so the session can
+//! forget what the lost bytes may have changed.
 
 /// Longest line kept, in bytes. RFC 959 sets no limit, but every announcement is far
 /// shorter; a longer line is still tracked (its head is kept for the reply code) but flagged
@@ -36,6 +43,13 @@ pub struct Line<'a> {
     pub truncated: bool,
     /// Sequence number just past the line's `\n`.
     pub end_seq: u32,
+    /// The first line read after the assembler gave up on a gap: bytes before it were lost.
+    pub after_resync: bool,
+    /// The tail of a line whose start was never seen (the first line end after a gap, or
+    /// after joining mid-stream): `bytes` may begin anywhere inside the real line. No hole
+    /// may come from it (DESIGN.md invariant 5); it is handed on so that the client's
+    /// command can still be counted for reply pairing.
+    pub fragment: bool,
 }
 
 /// What one segment did to the stream, besides the lines it completed.
@@ -65,10 +79,12 @@ pub struct LineAssembler {
     /// Segments ahead of `next_seq`: (first sequence number, bytes).
     reorder: Vec<(u32, Vec<u8>)>,
     reorder_bytes: usize,
+    /// A resync happened and no line has been read since.
+    resync_pending: bool,
 }
 
 /// Signed distance from `b` to `a` in sequence space (RFC 9293 §3.4 modular arithmetic).
-fn seq_diff(a: u32, b: u32) -> i64 {
+pub(crate) fn seq_diff(a: u32, b: u32) -> i64 {
     // Reinterpreting the wrapped difference as i32 is the modular comparison itself.
     i64::from(a.wrapping_sub(b) as i32)
 }
@@ -96,6 +112,50 @@ impl LineAssembler {
     /// Whether the stream start was seen (`false` after joining mid-stream).
     pub fn is_started(&self) -> bool {
         self.next_seq.is_some()
+    }
+
+    /// Sequence number of the next byte expected, once the stream has been seen.
+    pub fn next_seq(&self) -> Option<u32> {
+        self.next_seq
+    }
+
+    /// Whether the peer's acknowledgment `ack` proves a gap in this stream: it acknowledges
+    /// bytes beyond everything read here, so the receiver has bytes we never saw, and TCP
+    /// will not send them again. `fin` says this direction sent a FIN, which takes one
+    /// sequence number of its own. An acknowledgment further ahead than
+    /// [`REORDER_WINDOW`] is implausible and proves nothing.
+    pub fn gap_proven_by(&self, ack: u32, fin: bool) -> bool {
+        let Some(next) = self.next_seq else {
+            return false;
+        };
+        let ahead = seq_diff(ack, next) - i64::from(fin);
+        ahead > 0 && ahead <= i64::from(REORDER_WINDOW)
+    }
+
+    /// Gives up on the gap [`gap_proven_by`](Self::gap_proven_by) found: the stream goes
+    /// on at the earliest kept segment within the acknowledged bytes, or at `ack`, skipping
+    /// to the next line end; kept segments that are now reachable are read. Calls `on_line`
+    /// for the lines they complete.
+    pub fn skip_gap(&mut self, ack: u32, mut on_line: impl FnMut(Line<'_>)) {
+        let Some(next) = self.next_seq else { return };
+        let resume = self
+            .reorder
+            .iter()
+            .map(|(seq, _)| *seq)
+            .filter(|seq| seq_diff(*seq, next) > 0 && seq_diff(*seq, ack) <= 0)
+            .min_by_key(|seq| seq_diff(*seq, next))
+            .unwrap_or(ack);
+        self.start_over_at(resume);
+        self.drain_reorder(&mut on_line);
+    }
+
+    /// Continues the stream at `seq`, unsynchronised: the line in progress lost its middle.
+    fn start_over_at(&mut self, seq: u32) {
+        self.next_seq = Some(seq);
+        self.synced = false;
+        self.line.clear();
+        self.truncated = false;
+        self.resync_pending = true;
     }
 
     /// Feeds one segment's payload starting at sequence number `seq`; calls `on_line` for
@@ -157,10 +217,7 @@ impl LineAssembler {
     fn resync_at_first_stashed(&mut self) {
         let Some(next) = self.next_seq else { return };
         if let Some(&(first, _)) = self.reorder.iter().min_by_key(|(s, _)| seq_diff(*s, next)) {
-            self.next_seq = Some(first);
-            self.synced = false;
-            self.line.clear();
-            self.truncated = false;
+            self.start_over_at(first);
         }
     }
 
@@ -193,22 +250,22 @@ impl LineAssembler {
                 None => (bytes, &[][..]),
             };
             self.advance(chunk.len());
-            if !self.synced {
-                self.synced = newline.is_some();
+            let body = if newline.is_some() {
+                &chunk[..chunk.len() - 1]
             } else {
-                let body = if newline.is_some() {
-                    &chunk[..chunk.len() - 1]
-                } else {
-                    chunk
-                };
-                let room = MAX_LINE - self.line.len();
-                if body.len() > room {
-                    self.truncated = true;
-                }
-                self.line.extend_from_slice(&body[..body.len().min(room)]);
-                if newline.is_some() {
-                    self.emit(on_line);
-                }
+                chunk
+            };
+            let room = MAX_LINE - self.line.len();
+            if body.len() > room {
+                self.truncated = true;
+            }
+            self.line.extend_from_slice(&body[..body.len().min(room)]);
+            if newline.is_some() {
+                // Before the first line end after a gap the line's start is unknown: it is
+                // handed on as a fragment, never as a line.
+                let fragment = !self.synced;
+                self.synced = true;
+                self.emit(on_line, fragment);
             }
             bytes = rest;
         }
@@ -221,7 +278,7 @@ impl LineAssembler {
         }
     }
 
-    fn emit(&mut self, on_line: &mut impl FnMut(Line<'_>)) {
+    fn emit(&mut self, on_line: &mut impl FnMut(Line<'_>), fragment: bool) {
         let mut end = self.line.len();
         if !self.truncated && self.line.last() == Some(&b'\r') {
             end -= 1;
@@ -230,6 +287,8 @@ impl LineAssembler {
             bytes: &self.line[..end],
             truncated: self.truncated,
             end_seq: self.next_seq.unwrap_or(0),
+            after_resync: std::mem::take(&mut self.resync_pending),
+            fragment,
         });
         self.line.clear();
         self.truncated = false;
@@ -247,6 +306,9 @@ mod tests {
                 let mut text = String::from_utf8_lossy(line.bytes).into_owned();
                 if line.truncated {
                     text.push_str("<truncated>");
+                }
+                if line.fragment {
+                    text.insert_str(0, "<fragment>");
                 }
                 out.push(text);
             });
@@ -331,7 +393,11 @@ mod tests {
             &mut a,
             &[(5000, b"ering Passive Mode (1,2,3,4,5,6)\r\n227 x\r\n")],
         );
-        assert_eq!(lines, ["227 x"]);
+        assert_eq!(
+            lines,
+            ["<fragment>ering Passive Mode (1,2,3,4,5,6)", "227 x"],
+            "the text before the first line end is only a fragment"
+        );
         assert!(a.is_started());
     }
 
@@ -397,5 +463,56 @@ mod tests {
         a.syn(1000);
         let lines = lines_of(&mut a, &[(1001, b"LIST\r\n")]);
         assert_eq!(lines, ["LIST"]);
+    }
+
+    /// TCP's own proof of a gap: the peer acknowledges bytes never seen here. The stream
+    /// resumes at once (no waiting for the reorder buffer to overflow), at the kept
+    /// segment inside the acknowledged range, unsynchronised, and marks its first line.
+    #[test]
+    fn acknowledged_gap_resumes_at_once_at_the_kept_segment() {
+        let mut a = LineAssembler::new();
+        a.syn(99);
+        assert_eq!(lines_of(&mut a, &[(100, b"NOOP\r\n")]), ["NOOP"]);
+        assert!(
+            !a.gap_proven_by(106, false),
+            "everything acknowledged was read"
+        );
+        // Lost: "RETR a\r\n" at 106..114. Kept: the tail of a line, then a whole one.
+        a.feed(114, b"ST x\r\nPASV\r\n", |_| {});
+        assert!(a.gap_proven_by(120, false));
+        let mut got = Vec::new();
+        a.skip_gap(120, |line| {
+            got.push((
+                String::from_utf8_lossy(line.bytes).into_owned(),
+                line.after_resync,
+                line.fragment,
+            ))
+        });
+        assert_eq!(
+            got,
+            [
+                ("ST x".to_owned(), true, true),
+                ("PASV".to_owned(), false, false)
+            ],
+            "the partial line comes as a fragment, then whole lines"
+        );
+        assert_eq!(a.next_seq(), Some(126));
+    }
+
+    #[test]
+    fn acknowledged_fin_is_not_a_gap_and_wild_acks_prove_nothing() {
+        let mut a = LineAssembler::new();
+        a.syn(99);
+        lines_of(&mut a, &[(100, b"QUIT\r\n")]);
+        assert!(!a.gap_proven_by(107, true), "the FIN's own sequence number");
+        assert!(a.gap_proven_by(107, false));
+        assert!(
+            !a.gap_proven_by(106 + REORDER_WINDOW + 1, false),
+            "implausibly far"
+        );
+        assert!(
+            !LineAssembler::new().gap_proven_by(5, false),
+            "nothing seen yet"
+        );
     }
 }

@@ -44,6 +44,14 @@ impl Dir {
             Dir::ToClient => "server",
         }
     }
+
+    /// The opposite direction.
+    pub fn other(self) -> Dir {
+        match self {
+            Dir::ToServer => Dir::ToClient,
+            Dir::ToClient => Dir::ToServer,
+        }
+    }
 }
 
 /// Key of the table: (client, server).
@@ -152,7 +160,11 @@ impl ConnTable {
                 client: key.0,
                 server: key.1,
                 streams: [LineAssembler::new(), LineAssembler::new()],
-                session: Session::new(),
+                session: if midstream {
+                    Session::joined_midstream()
+                } else {
+                    Session::new()
+                },
                 last_seen: now,
                 fin: [false; 2],
                 last_hole: [None; 2],

@@ -6,11 +6,24 @@
 //! channel is ciphertext). Takes whole lines from the assembler, asks `ftp` what they mean
 //! and `policy` whether a passive reply pairs; returns what the line meant. Never opens
 //! holes itself and never checks addresses.
+//!
+//! Two facts come from TCP rather than from the lines:
+//! - A final reply can only answer a command the server had received when it sent the
+//!   reply: the segment's acknowledgment number must cover the command's last byte. So
+//!   replies to commands the engine never saw (lost in a gap) cannot pair with later
+//!   commands it did see.
+//! - After the server's stream lost bytes (a gap, or joining it mid-stream) the engine
+//!   cannot know whether a multi-line reply is open, and text inside one can look like a
+//!   passive reply, placed there by the client (a file name in `STAT` output). No later
+//!   line can prove the reply closed, so passive replies are not helped on that connection
+//!   any more (`Deny::AfterGap`); commands (`PORT`, `EPRT`) still are.
 
 use std::collections::VecDeque;
 
 use crate::ftp::{self, Command, ParseError};
 use crate::policy::{self, Announcement, Deny, PassiveRequest, Source};
+use crate::tracker::assembler::seq_diff;
+use crate::tracker::Dir;
 
 /// Commands kept waiting for their replies. Clients rarely pipeline more than a few; on
 /// overflow the oldest is dropped, which can only make a later passive reply look
@@ -45,12 +58,25 @@ pub enum LineMeaning {
     TlsStarted,
 }
 
+/// Whether a multi-line reply is open in the server's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Multiline {
+    /// Between replies.
+    #[default]
+    Closed,
+    /// Inside the multi-line reply with this code.
+    Open(u16),
+    /// Unknowable: the server's stream lost bytes (see the module docs).
+    Unknown,
+}
+
 /// FTP state of one control connection.
 #[derive(Debug, Default)]
 pub struct Session {
-    outstanding: VecDeque<Outstanding>,
-    /// The code of the multi-line reply being read, if one is open.
-    multiline: Option<u16>,
+    /// Commands awaiting their final reply, each with the client-stream sequence number
+    /// just past its line end.
+    outstanding: VecDeque<(Outstanding, u32)>,
+    multiline: Multiline,
     encrypted: bool,
 }
 
@@ -67,22 +93,61 @@ impl Session {
         Session::default()
     }
 
+    /// A session joined in the middle of the conversation (the engine restarted, or lost
+    /// the connection's state): the server's stream is as good as after a gap.
+    pub fn joined_midstream() -> Session {
+        Session {
+            multiline: Multiline::Unknown,
+            ..Session::default()
+        }
+    }
+
+    /// Bytes of `dir`'s stream were lost. Lost client bytes are commands the FIFO never
+    /// got; their replies pair with nothing, by the acknowledgment rule, so nothing needs
+    /// forgetting. Lost server bytes are replies: the commands they answered would pair
+    /// with later replies, so the FIFO is emptied, and the multi-line state becomes
+    /// unknowable for good.
+    pub fn resync(&mut self, dir: Dir) {
+        if dir == Dir::ToClient {
+            self.outstanding.clear();
+            self.multiline = Multiline::Unknown;
+        }
+    }
+
+    /// Whether passive replies can no longer be helped (the server's stream had a gap).
+    pub fn after_server_gap(&self) -> bool {
+        self.multiline == Multiline::Unknown
+    }
+
     /// Whether the channel is encrypted (nothing more can be read from it).
     pub fn is_encrypted(&self) -> bool {
         self.encrypted
     }
 
-    fn expect(&mut self, outstanding: Outstanding) {
+    fn expect(&mut self, outstanding: Outstanding, end_seq: u32) {
         if self.outstanding.len() == MAX_OUTSTANDING {
             self.outstanding.pop_front();
         }
-        self.outstanding.push_back(outstanding);
+        self.outstanding.push_back((outstanding, end_seq));
     }
 
-    /// A line the client sent.
-    pub fn client_line(&mut self, line: &[u8], truncated: bool) -> LineMeaning {
+    /// The command a final reply answers: the oldest outstanding one, if the server had
+    /// received it when it sent the reply (`ack`, the reply segment's acknowledgment
+    /// number, covers its line end). Otherwise the reply answers a command the engine
+    /// never saw, and pairs with nothing.
+    fn answered(&mut self, ack: Option<u32>) -> Option<Outstanding> {
+        let (_, end_seq) = *self.outstanding.front()?;
+        if ack.is_some_and(|ack| seq_diff(ack, end_seq) < 0) {
+            return None;
+        }
+        self.outstanding.pop_front().map(|(command, _)| command)
+    }
+
+    /// A line the client sent; `end_seq` is the client-stream sequence number just past
+    /// its line end.
+    pub fn client_line(&mut self, line: &[u8], truncated: bool, end_seq: u32) -> LineMeaning {
         if truncated {
-            self.expect(Outstanding::Other);
+            self.expect(Outstanding::Other, end_seq);
             let announces = [&b"PORT"[..], b"EPRT", b"LPRT"]
                 .iter()
                 .any(|verb| starts_with_verb(line, verb));
@@ -96,7 +161,7 @@ impl Session {
             if policy::is_passive_reply_code(reply.code) {
                 // A client has no business sending replies; the server will answer it
                 // with 500, so it is tracked like any other command.
-                self.expect(Outstanding::Other);
+                self.expect(Outstanding::Other, end_seq);
                 return LineMeaning::Deny(Deny::ReplyFromClient { code: reply.code });
             }
         }
@@ -126,21 +191,68 @@ impl Session {
                 },
             ),
         };
-        self.expect(outstanding);
+        self.expect(outstanding, end_seq);
         meaning
     }
 
-    /// A line the server sent.
-    pub fn server_line(&mut self, line: &[u8], truncated: bool) -> LineMeaning {
+    /// The tail of a client line whose start was never seen (after a gap). It cannot
+    /// announce anything (it may be the middle of another line), but it is counted for
+    /// reply pairing: the server answers the real line, and the only way a passive request
+    /// recorded from a tail such as `EPSV` could matter is a final passive reply from the
+    /// server, which it sends only to a real passive command.
+    pub fn client_fragment(&mut self, line: &[u8], end_seq: u32) -> LineMeaning {
+        let (outstanding, meaning) = match ftp::parse_command(line) {
+            Ok(Command::Pasv) => (
+                Outstanding::Passive(PassiveRequest::Pasv),
+                LineMeaning::Nothing,
+            ),
+            Ok(Command::Lpsv) => (
+                Outstanding::Passive(PassiveRequest::Lpsv),
+                LineMeaning::Nothing,
+            ),
+            Ok(Command::Epsv) => (
+                Outstanding::Passive(PassiveRequest::Epsv),
+                LineMeaning::Nothing,
+            ),
+            Ok(Command::Port(_) | Command::Eprt(_) | Command::Lprt(_)) => {
+                (Outstanding::Other, LineMeaning::Deny(Deny::MidLine))
+            }
+            _ => (Outstanding::Other, LineMeaning::Nothing),
+        };
+        self.expect(outstanding, end_seq);
+        meaning
+    }
+
+    /// A line the server sent, in a segment acknowledging client bytes up to `ack` (`None`
+    /// when the segment carries no acknowledgment).
+    pub fn server_line(&mut self, line: &[u8], truncated: bool, ack: Option<u32>) -> LineMeaning {
         let reply = ftp::parse_reply_line(line);
-        if let Some(open) = self.multiline {
+        if self.multiline == Multiline::Unknown {
+            return match reply {
+                Some(r) if r.code == 234 && !r.continues => {
+                    // Fail closed: whatever it closes, TLS may be starting.
+                    self.outstanding.clear();
+                    self.encrypted = true;
+                    LineMeaning::TlsStarted
+                }
+                Some(r) if policy::is_passive_reply_code(r.code) => {
+                    LineMeaning::Deny(Deny::AfterGap { code: r.code })
+                }
+                Some(r) if !r.continues && r.code >= 200 => {
+                    let _ = self.answered(ack);
+                    LineMeaning::Nothing
+                }
+                _ => LineMeaning::Nothing,
+            };
+        }
+        if let Multiline::Open(open) = self.multiline {
             // RFC 959 §4.2: a multi-line reply ends at the first line that starts with the
             // same code followed by a space; everything before it is text, whatever it
             // looks like.
             return match reply {
                 Some(r) if r.code == open && !r.continues => {
-                    self.multiline = None;
-                    self.final_reply(open, true, line, truncated)
+                    self.multiline = Multiline::Closed;
+                    self.final_reply(open, true, line, truncated, ack)
                 }
                 Some(r) if policy::is_passive_reply_code(r.code) => {
                     LineMeaning::Deny(Deny::InsideMultiline { code: r.code })
@@ -151,14 +263,14 @@ impl Session {
         match reply {
             None => LineMeaning::Nothing,
             Some(r) if r.continues => {
-                self.multiline = Some(r.code);
+                self.multiline = Multiline::Open(r.code);
                 if policy::is_passive_reply_code(r.code) {
                     LineMeaning::Deny(Deny::InsideMultiline { code: r.code })
                 } else {
                     LineMeaning::Nothing
                 }
             }
-            Some(r) => self.final_reply(r.code, false, line, truncated),
+            Some(r) => self.final_reply(r.code, false, line, truncated, ack),
         }
     }
 
@@ -169,13 +281,16 @@ impl Session {
         multiline: bool,
         line: &[u8],
         truncated: bool,
+        ack: Option<u32>,
     ) -> LineMeaning {
         if code < 200 {
             // 1yz is preliminary (RFC 959 §4.2): the final reply is still to come.
             return LineMeaning::Nothing;
         }
-        let answered = self.outstanding.pop_front();
-        if code == 234 && answered == Some(Outstanding::Auth) {
+        let answered = self.answered(ack);
+        // 234 starts TLS even when its AUTH was lost in a gap: reading on would mean
+        // reading ciphertext as lines. Stopping is the safe side.
+        if code == 234 {
             self.encrypted = true;
             return LineMeaning::TlsStarted;
         }

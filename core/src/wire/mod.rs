@@ -99,6 +99,9 @@ pub struct Segment<'a> {
     pub dst_port: u16,
     /// TCP sequence number.
     pub seq: u32,
+    /// TCP acknowledgment number: the next byte the sender expects from its peer. Only
+    /// meaningful when `flags.ack` is set.
+    pub ack: u32,
     /// TCP flags.
     pub flags: TcpFlags,
     /// TCP payload: the bytes after the TCP header, up to the end the IP length field gives
@@ -351,6 +354,7 @@ pub fn parse(packet: &[u8]) -> Result<Segment<'_>, Error> {
         src_port: tcp.source_port(),
         dst_port: tcp.destination_port(),
         seq: tcp.sequence_number(),
+        ack: tcp.acknowledgment_number(),
         flags: TcpFlags {
             syn: tcp.syn(),
             ack: tcp.ack(),

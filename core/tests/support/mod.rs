@@ -24,8 +24,21 @@ pub enum Side {
     Server,
 }
 
-/// Builds one TCP/IP packet.
+/// Builds one TCP/IP packet; with `A` in `flags` it acknowledges byte 1 (see
+/// [`packet_acking`] for a real acknowledgment number).
 pub fn packet(src: SocketAddr, dst: SocketAddr, seq: u32, flags: &str, payload: &[u8]) -> Vec<u8> {
+    packet_acking(src, dst, seq, 1, flags, payload)
+}
+
+/// Builds one TCP/IP packet acknowledging `ack` (with `A` in `flags`).
+pub fn packet_acking(
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: &str,
+    payload: &[u8],
+) -> Vec<u8> {
     let builder = match (src.ip(), dst.ip()) {
         (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
         (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
@@ -36,7 +49,7 @@ pub fn packet(src: SocketAddr, dst: SocketAddr, seq: u32, flags: &str, payload: 
         tcp = tcp.syn();
     }
     if flags.contains('A') {
-        tcp = tcp.ack(1);
+        tcp = tcp.ack(ack);
     }
     if flags.contains('F') {
         tcp = tcp.fin();
@@ -155,10 +168,11 @@ impl Harness {
         }
     }
 
-    /// Sends `data` from `side` as one segment at the side's next sequence number.
+    /// Sends `data` from `side` as one segment at the side's next sequence number,
+    /// acknowledging everything the other side has sent.
     pub fn send(&mut self, side: Side, data: &[u8]) -> Outcome {
         let (src, dst, seq) = self.next(side);
-        let bytes = packet(src, dst, seq, "AP", data);
+        let bytes = packet_acking(src, dst, seq, self.acked_by(side), "AP", data);
         self.advance_seq(side, data.len());
         self.feed(&bytes)
     }
@@ -167,8 +181,23 @@ impl Harness {
     /// the side's next sequence number is not changed.
     pub fn send_at(&mut self, side: Side, seq: u32, data: &[u8]) -> Outcome {
         let (src, dst, _) = self.next(side);
-        let bytes = packet(src, dst, seq, "AP", data);
+        let bytes = packet_acking(src, dst, seq, self.acked_by(side), "AP", data);
         self.feed(&bytes)
+    }
+
+    /// The acknowledgment number `side` sends: the other side's next sequence number
+    /// (everything sent has arrived, as on a quiet LAN).
+    pub fn acked_by(&self, side: Side) -> u32 {
+        match side {
+            Side::Client => self.server_seq,
+            Side::Server => self.client_seq,
+        }
+    }
+
+    /// `side` loses `data` on the way past the engine: the receiver gets it, the engine
+    /// never sees it (NFQUEUE fail-open, a full divert buffer, a restart).
+    pub fn lose(&mut self, side: Side, data: &[u8]) {
+        self.advance_seq(side, data.len());
     }
 
     pub fn next(&self, side: Side) -> (SocketAddr, SocketAddr, u32) {
