@@ -25,7 +25,7 @@ use crate::ftp::ParseError;
 use crate::holes::{FwAction, HoleSpec, HoleTable, Opened, Slot};
 use crate::limiter::{Admit, RateLimiter};
 use crate::policy::{self, Deny};
-use crate::tracker::{ConnTable, Dir, EndReason, Line, LineMeaning, Session};
+use crate::tracker::{ConnTable, Dir, EndReason, Key, Line, LineMeaning, Session};
 use crate::wire;
 use crate::ConnId;
 
@@ -275,6 +275,10 @@ pub enum Event {
     Denied {
         /// Connection.
         conn: ConnId,
+        /// Its client end.
+        client: SocketAddr,
+        /// Its server end.
+        server: SocketAddr,
         /// The verb or reply code that announced it.
         what: &'static str,
         /// Why.
@@ -402,7 +406,16 @@ impl fmt::Display for Event {
             Event::HoleFailed { conn, slot, spec } => {
                 write!(f, "{conn} hole failed slot={slot} {spec}")
             }
-            Event::Denied { conn, what, deny } => write!(f, "{conn} deny {deny} cmd={what}"),
+            Event::Denied {
+                conn,
+                client,
+                server,
+                what,
+                deny,
+            } => write!(
+                f,
+                "{conn} deny {deny} cmd={what} client={client} server={server}"
+            ),
             Event::Malformed {
                 conn,
                 what,
@@ -418,7 +431,7 @@ impl fmt::Display for Event {
                  of this session cannot be helped (open the server's passive port range instead)"
             ),
             Event::Suppressed { reason, count } => {
-                write!(f, "suppressed {count} similar (reason={reason})")
+                write!(f, "suppressed {count} more of this kind (reason={reason})")
             }
         }
     }
@@ -527,10 +540,14 @@ impl Engine {
 
     /// When [`Engine::tick`] must be called next, if ever. Changes after every input.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.holes.next_deadline(), self.next_reap) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.holes.next_deadline(),
+            self.next_reap,
+            self.limiter.next_flush(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Reads one intercepted packet (starting at the IP header), verifying its checksum.
@@ -730,7 +747,7 @@ impl Engine {
             }
         }
         if let Some((_, spec)) = rearm {
-            self.open_hole(now, id, None, dir, None, spec, outcome);
+            self.open_hole(now, id, key, dir, None, spec, outcome);
         }
         for (line_dir, meaning, end_seq, text) in reader.meanings {
             self.counters.lines += 1;
@@ -759,20 +776,20 @@ impl Engine {
                         });
                     }
                 }
-                LineMeaning::Deny(deny) => self.deny(now, id, "line", deny),
+                LineMeaning::Deny(deny) => self.deny(now, id, key, "line", deny),
                 LineMeaning::Announce(announcement) => {
                     let what = announcement.source.name();
                     match policy::check_announcement(&announcement, client, server) {
                         Ok(spec) => self.open_hole(
                             now,
                             id,
-                            Some(key),
+                            key,
                             line_dir,
                             Some(end_seq),
                             spec,
                             outcome,
                         ),
-                        Err(deny) => self.deny(now, id, what, deny),
+                        Err(deny) => self.deny(now, id, key, what, deny),
                     }
                 }
             }
@@ -785,11 +802,17 @@ impl Engine {
         }
     }
 
-    fn deny(&mut self, now: Instant, conn: ConnId, what: &'static str, deny: Deny) {
+    fn deny(&mut self, now: Instant, conn: ConnId, key: &Key, what: &'static str, deny: Deny) {
         self.counters.denied[deny.index()] += 1;
         if let Admit::Yes { suppressed } = self.limiter.admit(now, deny.reason()) {
             self.push_suppressed(deny.reason(), suppressed);
-            self.events.push_back(Event::Denied { conn, what, deny });
+            self.events.push_back(Event::Denied {
+                conn,
+                client: key.0,
+                server: key.1,
+                what,
+                deny,
+            });
         }
     }
 
@@ -800,7 +823,7 @@ impl Engine {
         &mut self,
         now: Instant,
         conn: ConnId,
-        key: Option<&(SocketAddr, SocketAddr)>,
+        key: &Key,
         dir: Dir,
         end_seq: Option<u32>,
         spec: HoleSpec,
@@ -817,11 +840,11 @@ impl Engine {
                 outcome.actions.push(action);
             }
             Opened::Full => {
-                self.deny(now, conn, "hole", Deny::TableFull);
+                self.deny(now, conn, key, "hole", Deny::TableFull);
                 return;
             }
         }
-        if let (Some(end_seq), Some(key)) = (end_seq, key) {
+        if let Some(end_seq) = end_seq {
             if let Some(tracked) = self.conns.get_mut(key) {
                 tracked.last_hole[dir.index()] = Some((end_seq, spec));
             }

@@ -75,6 +75,17 @@ impl RateLimiter {
         }
     }
 
+    /// When the earliest window with events held back closes: the caller's timer, so the
+    /// summary comes when the window ends, not when the next event of that kind happens
+    /// to arrive.
+    pub fn next_flush(&self) -> Option<Instant> {
+        self.entries
+            .iter()
+            .filter(|e| e.suppressed > 0)
+            .map(|e| e.window_start + self.window)
+            .min()
+    }
+
     /// Reasons whose window has closed with events held back: (reason, count). Resets them.
     pub fn flush(&mut self, now: Instant) -> Vec<(&'static str, u64)> {
         let window = self.window;
@@ -116,11 +127,13 @@ mod tests {
         let mut limiter = RateLimiter::new(1, Duration::from_secs(10));
         limiter.admit(now, "unsolicited");
         limiter.admit(now, "unsolicited");
+        assert_eq!(limiter.next_flush(), Some(now + Duration::from_secs(10)));
         assert!(limiter.flush(now + Duration::from_secs(9)).is_empty());
         assert_eq!(
             limiter.flush(now + Duration::from_secs(10)),
             vec![("unsolicited", 1)]
         );
         assert!(limiter.flush(now + Duration::from_secs(30)).is_empty());
+        assert_eq!(limiter.next_flush(), None, "nothing held back");
     }
 }

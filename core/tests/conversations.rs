@@ -573,8 +573,37 @@ fn denial_log_lines_are_rate_limited() {
         .count();
     assert_eq!(bounce_lines, 5);
     assert_eq!(h.engine.counters().denied("bounce"), 20);
+    // The summary is due when the window ends: the engine's own timer says so, without
+    // waiting for another refusal of that kind.
+    assert!(h.engine.poll_timeout().is_some());
     h.advance(Duration::from_secs(11));
-    assert!(h.logged("suppressed 15 similar (reason=bounce)"));
+    assert!(h.logged("suppressed 15 more of this kind (reason=bounce)"));
+}
+
+/// Every refusal names both ends of the control connection, `table_full` included.
+#[test]
+fn refusals_name_both_endpoints() {
+    let config = Config {
+        count: 1,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT6, SERVER6).connected();
+    h.login();
+    h.client("EPRT |2|2001:db8:1::10|50616|\r\n");
+    h.client("EPRT |2|2001:db8:1::10|50617|\r\n");
+    h.client("EPRT |2|2001:db8:9::66|50618|\r\n");
+    for reason in ["table_full", "bounce"] {
+        let line = h
+            .log()
+            .into_iter()
+            .find(|l| l.contains(&format!("reason={reason}")))
+            .unwrap_or_else(|| panic!("no {reason} line"));
+        assert!(
+            line.contains("client=[2001:db8:1::10]:40000")
+                && line.contains("server=[2001:db8:2::21]:21"),
+            "{line}"
+        );
+    }
 }
 
 /// Invariant 1 (core side): a firewall failure frees the slot; the packet was still
