@@ -25,7 +25,7 @@ use crate::ftp::ParseError;
 use crate::holes::{FwAction, HoleSpec, HoleTable, Opened, Slot};
 use crate::limiter::{Admit, RateLimiter};
 use crate::policy::{self, Deny};
-use crate::tracker::{ConnTable, Dir, EndReason, Key, Line, LineMeaning, Session};
+use crate::tracker::{ConnTable, Dir, EndReason, Evicted, Key, Line, LineMeaning, Session, Start};
 use crate::wire;
 use crate::ConnId;
 
@@ -135,6 +135,8 @@ pub struct Counters {
     pub holes_closed: u64,
     /// Holes the firewall refused.
     pub holes_failed: u64,
+    /// Evicted connections that came back and resumed from their record.
+    pub resumed: u64,
     /// Gaps: bytes of a direction the engine will never see (TCP acknowledged them, or
     /// the reorder buffer gave up).
     pub gaps: u64,
@@ -161,7 +163,7 @@ impl fmt::Display for Counters {
         write!(
             f,
             "packets={} unparsed={} fragments={} not_ftp={} bad_checksum={} connections={} \
-             evicted={} lines={} overlong={} reorder_drops={} gaps={} rst_ignored={} \
+             evicted={} resumed={} lines={} overlong={} reorder_drops={} gaps={} rst_ignored={} \
              malformed={} opened={} rearmed={} closed={} failed={} tls={}",
             self.packets,
             self.unparsed,
@@ -170,6 +172,7 @@ impl fmt::Display for Counters {
             self.bad_checksum,
             self.connections,
             self.evicted,
+            self.resumed,
             self.lines,
             self.overlong_lines,
             self.reorder_drops,
@@ -214,8 +217,20 @@ pub enum Event {
         client: SocketAddr,
         /// Server end.
         server: SocketAddr,
-        /// First seen mid-stream (lines resume at the next line end).
-        midstream: bool,
+        /// How it started: with its SYN, mid-stream (lines resume at the next line end,
+        /// passive replies are not helped), or resumed from its eviction record.
+        start: Start,
+    },
+    /// The connection table was full: connections were evicted to make room.
+    Evicted {
+        /// Evicted this time.
+        count: u64,
+        /// Of those, how many were closing or had never carried data.
+        dead: u64,
+        /// Evicted since the start.
+        total: u64,
+        /// The table's size (`--max-connections`).
+        max: usize,
     },
     /// A control connection is no longer tracked.
     ConnEnd {
@@ -340,7 +355,8 @@ impl Event {
             | Event::HoleClose { .. }
             | Event::TlsStarted { .. }
             | Event::Gap { .. }
-            | Event::RstIgnored { .. } => Level::Info,
+            | Event::RstIgnored { .. }
+            | Event::Evicted { .. } => Level::Info,
             Event::ConnStart { .. } | Event::ConnEnd { .. } | Event::Line { .. } => Level::Debug,
         }
     }
@@ -353,11 +369,26 @@ impl fmt::Display for Event {
                 conn,
                 client,
                 server,
-                midstream,
+                start,
             } => write!(
                 f,
                 "{conn} connection client={client} server={server}{}",
-                if *midstream { " midstream" } else { "" }
+                match start {
+                    Start::Syn => "",
+                    Start::Midstream => " midstream",
+                    Start::Resumed => " resumed",
+                }
+            ),
+            Event::Evicted {
+                count,
+                dead,
+                total,
+                max,
+            } => write!(
+                f,
+                "connection table full ({max}): evicted {count} (closing or dataless {dead}, \
+                 total {total}); live ones are remembered and resume if they return; raise \
+                 --max-connections if this repeats"
             ),
             Event::ConnEnd { conn, reason } => {
                 write!(f, "{conn} connection end reason={}", reason.name())
@@ -596,21 +627,20 @@ impl Engine {
             if flags.rst || (segment.payload.is_empty() && !flags.syn) {
                 return outcome;
             }
-            let midstream = !flags.syn;
-            let (conn, evicted) = self.conns.insert(key, now, midstream);
-            self.counters.connections += 1;
-            if let Some(evicted) = evicted {
-                self.counters.evicted += 1;
-                self.events.push_back(Event::ConnEnd {
-                    conn: evicted.id,
-                    reason: EndReason::Evicted,
-                });
+            let (conn, start, evicted) = self.conns.insert(key, now, flags.syn);
+            if start == Start::Resumed {
+                self.counters.resumed += 1;
+            } else {
+                self.counters.connections += 1;
+            }
+            if !evicted.ids.is_empty() {
+                self.evicted(now, &evicted);
             }
             self.events.push_back(Event::ConnStart {
                 conn,
                 client: key.0,
                 server: key.1,
-                midstream,
+                start,
             });
             if self.next_reap.is_none() {
                 self.next_reap = Some(now + REAP_INTERVAL);
@@ -780,19 +810,35 @@ impl Engine {
                 LineMeaning::Announce(announcement) => {
                     let what = announcement.source.name();
                     match policy::check_announcement(&announcement, client, server) {
-                        Ok(spec) => self.open_hole(
-                            now,
-                            id,
-                            key,
-                            line_dir,
-                            Some(end_seq),
-                            spec,
-                            outcome,
-                        ),
+                        Ok(spec) => {
+                            self.open_hole(now, id, key, line_dir, Some(end_seq), spec, outcome)
+                        }
                         Err(deny) => self.deny(now, id, key, what, deny),
                     }
                 }
             }
+        }
+    }
+
+    /// A full table evicted connections: each one's end at debug level, and one line at
+    /// info (rate limited) with the counts and what to do about it.
+    fn evicted(&mut self, now: Instant, evicted: &Evicted) {
+        let count = evicted.ids.len() as u64;
+        self.counters.evicted += count;
+        for &conn in &evicted.ids {
+            self.events.push_back(Event::ConnEnd {
+                conn,
+                reason: EndReason::Evicted,
+            });
+        }
+        if let Admit::Yes { suppressed } = self.limiter.admit(now, "evicted") {
+            self.push_suppressed("evicted", suppressed);
+            self.events.push_back(Event::Evicted {
+                count,
+                dead: evicted.dead as u64,
+                total: self.counters.evicted,
+                max: self.config.max_connections,
+            });
         }
     }
 

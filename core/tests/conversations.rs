@@ -812,3 +812,94 @@ fn rst_refusing_a_syn_ends_tracking() {
     h.feed(&refusal);
     assert_eq!(h.engine.connections(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Eviction and resuming (invariant 9).
+
+/// Switches the harness to another control connection from the same client host.
+fn switch_to(h: &mut Harness, client_port: u16) -> (std::net::SocketAddr, u32, u32) {
+    let saved = (h.client, h.client_seq, h.server_seq);
+    h.client = std::net::SocketAddr::new(h.client.ip(), client_port);
+    h.client_seq = 1000;
+    h.server_seq = 5_000_000;
+    saved
+}
+
+fn switch_back(h: &mut Harness, saved: (std::net::SocketAddr, u32, u32)) {
+    (h.client, h.client_seq, h.server_seq) = saved;
+}
+
+/// A connection evicted from a full table is remembered; when it comes back it resumes
+/// exactly, and its next `EPSV` is helped. The eviction is logged at info with counts.
+#[test]
+fn evicted_connection_resumes_and_its_next_passive_reply_is_helped() {
+    let config = Config {
+        max_connections: 1,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT6, SERVER6).connected();
+    h.login();
+    let saved = switch_to(&mut h, 41000);
+    h.handshake();
+    switch_back(&mut h, saved);
+    assert!(h.logged("connection table full (1): evicted 1"));
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50620|)\r\n");
+    assert_eq!(
+        h.holes(),
+        [passive("2001:db8:1::10", "2001:db8:2::21", 50620)]
+    );
+    assert_eq!(h.engine.counters().resumed, 1);
+    assert!(h.logged("resumed"));
+}
+
+/// The pipelined-echo attack across an eviction: the multi-line reply open when the
+/// connection was evicted is still open when it resumes, so the echoed 229 is text.
+#[test]
+fn pipelined_echo_across_an_eviction_opens_nothing() {
+    let config = Config {
+        max_connections: 1,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT6, SERVER6).connected();
+    h.login();
+    h.client("STAT *\r\n");
+    h.server("213-status of *:\r\n");
+    let saved = switch_to(&mut h, 41001);
+    h.handshake();
+    switch_back(&mut h, saved);
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||6000|)\r\n");
+    assert!(h.holes().is_empty());
+    assert_eq!(h.engine.counters().denied("inside_multiline"), 1);
+    h.server("213 End of status\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50621|)\r\n");
+    assert_eq!(
+        h.holes().len(),
+        1,
+        "the real reply to EPSV, after the multi-line one"
+    );
+}
+
+/// A full table evicts closing and dataless connections before live ones.
+#[test]
+fn full_table_evicts_dead_connections_before_live_ones() {
+    let config = Config {
+        max_connections: 2,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT4, SERVER4).connected();
+    h.login();
+    let saved = switch_to(&mut h, 41002);
+    let syn = packet(h.client, h.server, h.client_seq, "S", b"");
+    h.feed(&syn); // a SYN that never carries data
+    h.advance(Duration::from_secs(1));
+    let _ = switch_to(&mut h, 41003);
+    h.handshake();
+    switch_back(&mut h, saved);
+    h.client("PASV\r\n");
+    h.server("227 Entering Passive Mode (198,51,100,21,195,95).\r\n");
+    assert_eq!(h.holes().len(), 1, "the live session was kept");
+    assert!(h.logged("closing or dataless 1"));
+    assert_eq!(h.engine.counters().resumed, 0);
+}

@@ -114,6 +114,30 @@ impl LineAssembler {
         self.next_seq.is_some()
     }
 
+    /// Whether the stream carried no data yet (only its SYN, if that).
+    pub fn is_pristine(&self) -> bool {
+        self.isn
+            .zip(self.next_seq)
+            .is_some_and(|(isn, next)| next == isn.wrapping_add(1))
+    }
+
+    /// Where the stream can resume exactly if its state is dropped now: the next sequence
+    /// number, when the stream rests on a line boundary (synchronised, no partial line,
+    /// nothing kept ahead of a gap).
+    pub fn resume_point(&self) -> Option<u32> {
+        let at_boundary = self.synced && self.line.is_empty() && self.reorder.is_empty();
+        self.next_seq.filter(|_| at_boundary)
+    }
+
+    /// Resumes a stream dropped at `resume_point`: synchronised at `seq`, a line start.
+    pub fn resume_at(&mut self, seq: u32) {
+        *self = LineAssembler {
+            next_seq: Some(seq),
+            synced: true,
+            ..LineAssembler::default()
+        };
+    }
+
     /// Sequence number of the next byte expected, once the stream has been seen.
     pub fn next_seq(&self) -> Option<u32> {
         self.next_seq
