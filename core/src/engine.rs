@@ -25,7 +25,9 @@ use crate::ftp::ParseError;
 use crate::holes::{FwAction, HoleSpec, HoleTable, Opened, Slot};
 use crate::limiter::{Admit, RateLimiter};
 use crate::policy::{self, Deny};
-use crate::tracker::{ConnTable, Dir, EndReason, Evicted, Key, Line, LineMeaning, Session, Start};
+use crate::tracker::{
+    After, ConnTable, Dir, EndReason, Evicted, Key, Line, LineMeaning, Session, Start,
+};
 use crate::wire;
 use crate::ConnId;
 
@@ -310,10 +312,22 @@ pub enum Event {
         /// The escaped, shortened line.
         text: String,
     },
-    /// The server accepted `AUTH`: this connection is encrypted from now on (invariant 8).
+    /// The server accepted `AUTH`: this connection is encrypted from now on (invariant 8),
+    /// unless it leaves TLS with `CCC`.
     TlsStarted {
         /// Connection.
         conn: ConnId,
+        /// Its client end.
+        client: SocketAddr,
+        /// Its server end.
+        server: SocketAddr,
+    },
+    /// Clear text resumed in one direction after TLS (`CCC`): lines are read again.
+    ClearText {
+        /// Connection.
+        conn: ConnId,
+        /// Which direction.
+        dir: Dir,
     },
     /// The engine lost bytes of one direction of a connection for good (TCP proved it, or
     /// the reorder buffer gave up): lines resume at the next line end.
@@ -354,6 +368,7 @@ impl Event {
             | Event::HoleRearm { .. }
             | Event::HoleClose { .. }
             | Event::TlsStarted { .. }
+            | Event::ClearText { .. }
             | Event::Gap { .. }
             | Event::RstIgnored { .. }
             | Event::Evicted { .. } => Level::Info,
@@ -456,10 +471,20 @@ impl fmt::Display for Event {
                 f,
                 "{conn} malformed cmd={what} error=\"{error}\" line=\"{text}\""
             ),
-            Event::TlsStarted { conn } => write!(
+            Event::TlsStarted {
+                conn,
+                client,
+                server,
+            } => write!(
                 f,
-                "{conn} tls: the control channel is encrypted from now on; data connections \
-                 of this session cannot be helped (open the server's passive port range instead)"
+                "{conn} tls client={client} server={server}: the control channel is \
+                 encrypted; its data connections cannot be helped unless the client leaves \
+                 TLS with CCC (otherwise open the server's passive port range)"
+            ),
+            Event::ClearText { conn, dir } => write!(
+                f,
+                "{conn} cleartext dir={}: TLS ended (CCC), lines are read again",
+                dir.name()
             ),
             Event::Suppressed { reason, count } => {
                 write!(f, "suppressed {count} more of this kind (reason={reason})")
@@ -697,14 +722,12 @@ impl Engine {
         if segment.flags.syn {
             conn.streams[dir.index()].syn(segment.seq);
         }
-        if conn.session.is_encrypted() {
-            return;
-        }
         let id = conn.id;
         let (client, server) = (conn.client.ip(), conn.server.ip());
         let ack = segment.flags.ack.then_some(segment.ack);
         let mut reader = LineReader {
             log_lines: self.config.log_lines,
+            cleartext: Vec::new(),
             meanings: Vec::new(),
             overlong: 0,
         };
@@ -733,18 +756,18 @@ impl Engine {
                 // Lines of the other direction kept behind the gap: their segments'
                 // acknowledgments are not kept, so none is claimed for them.
                 conn.streams[other.index()]
-                    .skip_gap(ack, |line| reader.read(session, other, line, None));
+                    .skip_gap_with(ack, |line| reader.read(session, other, line, None));
             }
         }
 
         let mut rearm = None;
-        if !segment.payload.is_empty() && !conn.session.is_encrypted() {
+        if !segment.payload.is_empty() {
             // With SYN, the data starts one past the initial sequence number.
             let data_seq = segment.seq.wrapping_add(u32::from(segment.flags.syn));
             let before = conn.session.after_server_gap();
             let session = &mut conn.session;
-            let fed = conn.streams[dir.index()].feed(data_seq, segment.payload, |line| {
-                reader.read(session, dir, line, ack);
+            let fed = conn.streams[dir.index()].feed_with(data_seq, segment.payload, |line| {
+                reader.read(session, dir, line, ack)
             });
             if fed.resynced {
                 // The reorder buffer gave up on a gap (a line after it, if any, already
@@ -765,6 +788,12 @@ impl Engine {
             });
         }
         self.counters.overlong_lines += reader.overlong;
+        for cleartext_dir in std::mem::take(&mut reader.cleartext) {
+            self.events.push_back(Event::ClearText {
+                conn: id,
+                dir: cleartext_dir,
+            });
+        }
         for (gap_dir, passive_help_ends) in gaps {
             self.counters.gaps += 1;
             if let Admit::Yes { suppressed } = self.limiter.admit(now, "gap") {
@@ -792,7 +821,16 @@ impl Engine {
                 LineMeaning::Nothing => {}
                 LineMeaning::TlsStarted => {
                     self.counters.tls += 1;
-                    self.events.push_back(Event::TlsStarted { conn: id });
+                    // The client's TLS records start with its next byte (it waits for
+                    // the 234 before its ClientHello, RFC 4217 §4).
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.streams[Dir::ToServer.index()].start_tls();
+                    }
+                    self.events.push_back(Event::TlsStarted {
+                        conn: id,
+                        client: key.0,
+                        server: key.1,
+                    });
                 }
                 LineMeaning::Malformed { what, error } => {
                     self.counters.malformed += 1;
@@ -975,6 +1013,8 @@ impl Engine {
 /// Reads the lines one segment completes into their meanings, in stream order.
 struct LineReader {
     log_lines: bool,
+    /// Directions whose clear text resumed after TLS in this segment.
+    cleartext: Vec<Dir>,
     /// (direction, meaning, line end, escaped text when it is to be logged)
     meanings: Vec<(Dir, LineMeaning, u32, Option<String>)>,
     overlong: u64,
@@ -982,16 +1022,16 @@ struct LineReader {
 
 impl LineReader {
     /// One line of `dir`, carried by a segment acknowledging `ack` (server lines only).
-    fn read(&mut self, session: &mut Session, dir: Dir, line: Line<'_>, ack: Option<u32>) {
+    fn read(&mut self, session: &mut Session, dir: Dir, line: Line<'_>, ack: Option<u32>) -> After {
         if line.truncated {
             self.overlong += 1;
         }
-        // Once the channel is encrypted, what follows in this segment is ciphertext.
-        if session.is_encrypted() {
-            return;
-        }
         if line.after_resync {
             session.resync(dir);
+        }
+        if line.after_tls {
+            session.cleartext_resumed(dir);
+            self.cleartext.push(dir);
         }
         let meaning = match (dir, line.fragment) {
             (Dir::ToServer, false) => session.client_line(line.bytes, line.truncated, line.end_seq),
@@ -1004,6 +1044,12 @@ impl LineReader {
         let wanted = self.log_lines || matches!(meaning, LineMeaning::Malformed { .. });
         let text = wanted.then(|| escape(line.bytes));
         self.meanings.push((dir, meaning, line.end_seq, text));
+        // The server's 234: its stream carries TLS records from the next byte on.
+        if meaning == LineMeaning::TlsStarted {
+            After::Tls
+        } else {
+            After::Lines
+        }
     }
 }
 

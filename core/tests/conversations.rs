@@ -392,13 +392,29 @@ fn tls_session_is_not_read_and_logged_once() {
     h.server("220 ready\r\n");
     h.client("AUTH TLS\r\n");
     h.server("234 Proceed with negotiation.\r\n");
-    // Ciphertext that happens to look like a conversation.
-    h.client("EPSV\r\n");
-    h.server("229 Entering Extended Passive Mode (|||50128|)\r\n");
-    h.client("EPRT |2|2001:db8:1::10|50610|\r\n");
+    // Records whose bodies happen to look like a conversation: nothing inside a record
+    // is read.
+    h.send(Side::Client, &record(22, b"\r\nEPSV\r\n"));
+    h.send(
+        Side::Server,
+        &record(22, b"229 Entering Extended Passive Mode (|||50128|)\r\n"),
+    );
+    h.send(
+        Side::Client,
+        &record(23, b"\r\nEPRT |2|2001:db8:1::10|50610|\r\n"),
+    );
     assert!(h.holes().is_empty());
-    let tls_lines = h.log().iter().filter(|l| l.contains("tls:")).count();
-    assert_eq!(tls_lines, 1);
+    let tls_lines: Vec<String> = h
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(" tls "))
+        .collect();
+    assert_eq!(tls_lines.len(), 1, "{tls_lines:?}");
+    assert!(
+        tls_lines[0].contains("client=[2001:db8:1::10]:40000")
+            && tls_lines[0].contains("server=[2001:db8:2::21]:21"),
+        "{tls_lines:?}"
+    );
     assert_eq!(h.engine.counters().tls, 1);
 }
 
@@ -902,4 +918,90 @@ fn full_table_evicts_dead_connections_before_live_ones() {
     assert_eq!(h.holes().len(), 1, "the live session was kept");
     assert!(h.logged("closing or dataless 1"));
     assert_eq!(h.engine.counters().resumed, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// FTPS with CCC (RFC 4217 §6): TLS record framing is followed, never read inside.
+
+/// A TLS record of content type `kind` around `body` (TLS 1.2 record version).
+fn record(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind, 3, 3];
+    out.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Through TLS and out again with `CCC`: the handshake, the encrypted `CCC` and its
+/// reply, a close_notify (an alert, or under TLS 1.3 an application-data record), then
+/// clear text. The first clear-text passive exchange is helped.
+#[test]
+fn ccc_returns_to_clear_text_and_the_next_passive_reply_is_helped() {
+    for close_notify in [21u8, 23] {
+        let mut h = Harness::v4().connected();
+        h.server("220 ready\r\n");
+        h.client("AUTH TLS\r\n");
+        h.server("234 AUTH TLS successful\r\n");
+        h.send(Side::Client, &record(22, &[1; 300])); // ClientHello
+        h.send(
+            Side::Server,
+            &[record(22, &[2; 90]), record(20, &[1])].concat(),
+        );
+        h.send(Side::Client, &record(23, b"garbled CCC"));
+        h.send(Side::Server, &record(23, b"garbled 200 CCC"));
+        h.send(Side::Server, &record(close_notify, &[0; 2]));
+        h.client("PASV\r\n");
+        h.server("227 Entering Passive Mode (198,51,100,21,195,96).\r\n");
+        assert_eq!(
+            h.holes(),
+            [passive("192.0.2.10", "198.51.100.21", 50016)],
+            "close_notify type {close_notify}"
+        );
+        assert!(h.logged("cleartext dir=client") && h.logged("cleartext dir=server"));
+    }
+}
+
+/// Record headers and bodies split anywhere across segments change nothing.
+#[test]
+fn tls_records_split_across_segments_are_followed() {
+    let mut h = Harness::v6().connected();
+    h.client("AUTH TLS\r\n");
+    h.server("234 ok\r\n");
+    let server_bytes = [record(22, &[9; 70]), record(23, b"229 (|||6001|)\r\n")].concat();
+    for chunk in server_bytes.chunks(3) {
+        h.send(Side::Server, chunk);
+    }
+    h.send(Side::Client, &record(23, b"EPSV\r\n")[..4]);
+    h.send(Side::Client, &record(23, b"EPSV\r\n")[4..]);
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50417|)\r\n");
+    assert_eq!(
+        h.holes(),
+        [passive("2001:db8:1::10", "2001:db8:2::21", 50417)]
+    );
+}
+
+/// An echoed "234" after a server gap cannot end the unknown multi-line state: clear
+/// text "resuming" right after it proves nothing about where replies begin.
+#[test]
+fn echoed_234_after_a_gap_does_not_restore_passive_help() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("STAT *\r\n");
+    h.lose(Side::Server, b"213-status of *:\r\n");
+    h.client("EPSV\r\n");
+    h.server("234 x\r\n229 Entering Extended Passive Mode (|||6000|)\r\n");
+    assert!(h.holes().is_empty());
+}
+
+/// A gap inside TLS loses the record alignment: nothing of that stream is read again.
+#[test]
+fn gap_inside_tls_blinds_the_stream() {
+    let mut h = Harness::v6().connected();
+    h.client("AUTH TLS\r\n");
+    h.server("234 ok\r\n");
+    h.lose(Side::Client, &record(22, &[1; 40]));
+    h.send(Side::Client, b"EPRT |2|2001:db8:1::10|50418|\r\n");
+    h.server("x"); // its acknowledgment proves the client's gap
+    h.client("EPRT |2|2001:db8:1::10|50419|\r\n");
+    assert!(h.holes().is_empty());
 }

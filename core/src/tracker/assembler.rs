@@ -34,6 +34,39 @@ pub const MAX_REORDER_SEGMENTS: usize = 8;
 /// control channel has that much data in flight.
 pub const REORDER_WINDOW: u32 = 64 * 1024;
 
+/// The largest TLS record body: 2^14 bytes of plaintext plus 2048 of expansion (RFC 5246
+/// §6.2.3; RFC 8446 §5.2 allows less).
+pub const MAX_TLS_RECORD: u32 = 16_384 + 2048;
+
+/// What the line consumer wants after a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Go on cutting lines.
+    Lines,
+    /// TLS starts right after this line (the server's 234): follow record framing.
+    Tls,
+}
+
+/// Position inside TLS record framing.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tls {
+    /// Header bytes of the next record read so far (a header may span segments).
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes of the current record still to skip.
+    remaining: u32,
+    /// The record alignment is lost (a gap inside TLS, or a malformed header): the rest of
+    /// the stream is skipped unread.
+    blind: bool,
+}
+
+/// Whether `byte` can start a TLS record: content types change_cipher_spec (20), alert
+/// (21), handshake (22), application_data (23) and heartbeat (24). No FTP line starts with
+/// one of these control characters.
+fn starts_tls_record(byte: u8) -> bool {
+    (20..=24).contains(&byte)
+}
+
 /// One complete line, without its line end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Line<'a> {
@@ -50,6 +83,9 @@ pub struct Line<'a> {
     /// may come from it (DESIGN.md invariant 5); it is handed on so that the client's
     /// command can still be counted for reply pairing.
     pub fragment: bool,
+    /// The first line after TLS framing ended in this direction: clear text resumed at a
+    /// record boundary (after `CCC`), a proven line start.
+    pub after_tls: bool,
 }
 
 /// What one segment did to the stream, besides the lines it completed.
@@ -81,6 +117,10 @@ pub struct LineAssembler {
     reorder_bytes: usize,
     /// A resync happened and no line has been read since.
     resync_pending: bool,
+    /// TLS record framing is being followed instead of lines (after `AUTH` + 234).
+    tls: Option<Tls>,
+    /// Clear text resumed after TLS and no line has been read since.
+    after_tls_pending: bool,
 }
 
 /// Signed distance from `b` to `a` in sequence space (RFC 9293 §3.4 modular arithmetic).
@@ -125,7 +165,8 @@ impl LineAssembler {
     /// number, when the stream rests on a line boundary (synchronised, no partial line,
     /// nothing kept ahead of a gap).
     pub fn resume_point(&self) -> Option<u32> {
-        let at_boundary = self.synced && self.line.is_empty() && self.reorder.is_empty();
+        let at_boundary =
+            self.synced && self.line.is_empty() && self.reorder.is_empty() && self.tls.is_none();
         self.next_seq.filter(|_| at_boundary)
     }
 
@@ -161,6 +202,14 @@ impl LineAssembler {
     /// to the next line end; kept segments that are now reachable are read. Calls `on_line`
     /// for the lines they complete.
     pub fn skip_gap(&mut self, ack: u32, mut on_line: impl FnMut(Line<'_>)) {
+        self.skip_gap_with(ack, |line| {
+            on_line(line);
+            After::Lines
+        });
+    }
+
+    /// [`skip_gap`](Self::skip_gap) with a consumer that may switch the stream to TLS.
+    pub fn skip_gap_with(&mut self, ack: u32, mut on_line: impl FnMut(Line<'_>) -> After) {
         let Some(next) = self.next_seq else { return };
         let resume = self
             .reorder
@@ -174,7 +223,11 @@ impl LineAssembler {
     }
 
     /// Continues the stream at `seq`, unsynchronised: the line in progress lost its middle.
+    /// Inside TLS the record alignment is lost for good.
     fn start_over_at(&mut self, seq: u32) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.blind = true;
+        }
         self.next_seq = Some(seq);
         self.synced = false;
         self.line.clear();
@@ -185,6 +238,32 @@ impl LineAssembler {
     /// Feeds one segment's payload starting at sequence number `seq`; calls `on_line` for
     /// every line it completes, in stream order.
     pub fn feed(&mut self, seq: u32, payload: &[u8], mut on_line: impl FnMut(Line<'_>)) -> Fed {
+        self.feed_with(seq, payload, |line| {
+            on_line(line);
+            After::Lines
+        })
+    }
+
+    /// From here on, follow TLS record framing: the stream carries records, not lines,
+    /// until a record boundary shows bytes that cannot start one (see [`Line::after_tls`]).
+    pub fn start_tls(&mut self) {
+        self.tls = Some(Tls::default());
+        self.line.clear();
+        self.truncated = false;
+    }
+
+    /// Whether the stream is following TLS records.
+    pub fn in_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// [`feed`](Self::feed) with a consumer that may switch the stream to TLS after a line.
+    pub fn feed_with(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        mut on_line: impl FnMut(Line<'_>) -> After,
+    ) -> Fed {
         let mut fed = Fed::default();
         if payload.is_empty() {
             return fed;
@@ -246,7 +325,7 @@ impl LineAssembler {
     }
 
     /// Consumes every kept segment that the stream has now reached.
-    fn drain_reorder(&mut self, on_line: &mut impl FnMut(Line<'_>)) {
+    fn drain_reorder(&mut self, on_line: &mut impl FnMut(Line<'_>) -> After) {
         loop {
             let Some(next) = self.next_seq else { return };
             let Some(index) = self
@@ -266,8 +345,12 @@ impl LineAssembler {
     }
 
     /// Appends in-order bytes to the stream.
-    fn consume(&mut self, mut bytes: &[u8], on_line: &mut impl FnMut(Line<'_>)) {
+    fn consume(&mut self, mut bytes: &[u8], on_line: &mut impl FnMut(Line<'_>) -> After) {
         while !bytes.is_empty() {
+            if self.tls.is_some() {
+                bytes = self.consume_tls(bytes);
+                continue;
+            }
             let newline = bytes.iter().position(|&b| b == b'\n');
             let (chunk, rest) = match newline {
                 Some(i) => bytes.split_at(i + 1),
@@ -289,10 +372,65 @@ impl LineAssembler {
                 // handed on as a fragment, never as a line.
                 let fragment = !self.synced;
                 self.synced = true;
-                self.emit(on_line, fragment);
+                if self.emit(on_line, fragment) == After::Tls {
+                    self.start_tls();
+                }
             }
             bytes = rest;
         }
+    }
+
+    /// Follows TLS record framing through `bytes`; returns what is left once clear text
+    /// resumes (or nothing). Reads nothing inside a record. At a record boundary, a byte
+    /// that cannot start a record means the peer left TLS (`CCC`, RFC 4217 §6): the bytes
+    /// from there on are clear text, starting a line — the record boundaries come from the
+    /// sender's own TLS stack, which writes nothing but records while TLS lasts.
+    fn consume_tls<'b>(&mut self, mut bytes: &'b [u8]) -> &'b [u8] {
+        while let Some(mut tls) = self.tls {
+            if bytes.is_empty() {
+                return bytes;
+            }
+            if tls.blind {
+                // Record alignment was lost in a gap: nothing in this stream can be read
+                // again (ciphertext must never be taken for lines).
+                self.advance(bytes.len());
+                return &[];
+            }
+            if tls.remaining > 0 {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(tls.remaining).unwrap_or(usize::MAX));
+                tls.remaining -= u32::try_from(n).unwrap_or(u32::MAX);
+                self.tls = Some(tls);
+                bytes = &bytes[n..];
+                self.advance(n);
+                continue;
+            }
+            if tls.header_len == 0 && !starts_tls_record(bytes[0]) {
+                self.tls = None;
+                self.synced = true;
+                self.after_tls_pending = true;
+                return bytes;
+            }
+            let take = (5 - tls.header_len).min(bytes.len());
+            tls.header[tls.header_len..tls.header_len + take].copy_from_slice(&bytes[..take]);
+            tls.header_len += take;
+            bytes = &bytes[take..];
+            self.advance(take);
+            if tls.header_len == 5 {
+                let [_, major, _, hi, lo] = tls.header;
+                let length = u32::from(u16::from_be_bytes([hi, lo]));
+                tls.header_len = 0;
+                if major == 3 && length <= MAX_TLS_RECORD {
+                    tls.remaining = length;
+                } else {
+                    // A record type but no record: the framing is lost. Read nothing more.
+                    tls.blind = true;
+                }
+            }
+            self.tls = Some(tls);
+        }
+        bytes
     }
 
     fn advance(&mut self, n: usize) {
@@ -302,20 +440,22 @@ impl LineAssembler {
         }
     }
 
-    fn emit(&mut self, on_line: &mut impl FnMut(Line<'_>), fragment: bool) {
+    fn emit(&mut self, on_line: &mut impl FnMut(Line<'_>) -> After, fragment: bool) -> After {
         let mut end = self.line.len();
         if !self.truncated && self.line.last() == Some(&b'\r') {
             end -= 1;
         }
-        on_line(Line {
+        let after = on_line(Line {
             bytes: &self.line[..end],
             truncated: self.truncated,
             end_seq: self.next_seq.unwrap_or(0),
             after_resync: std::mem::take(&mut self.resync_pending),
             fragment,
+            after_tls: std::mem::take(&mut self.after_tls_pending),
         });
         self.line.clear();
         self.truncated = false;
+        after
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::holes::HoleSpec;
 use crate::ConnId;
 
-pub use assembler::{Fed, Line, LineAssembler, MAX_LINE};
+pub use assembler::{After, Fed, Line, LineAssembler, MAX_LINE};
 pub use session::{LineMeaning, Session};
 
 /// Direction of a segment on a control connection.
@@ -303,7 +303,9 @@ impl ConnTable {
             evicted.ids.push(conn.id);
             if rank < 2 {
                 evicted.dead += 1;
-            } else {
+            } else if !conn.streams.iter().any(LineAssembler::in_tls) {
+                // A connection inside TLS cannot resume exactly (its record positions
+                // are not kept): when it returns it is joined mid-stream.
                 self.remember(key, conn.into_grave());
             }
         }

@@ -119,9 +119,21 @@ impl Session {
         self.multiline == Multiline::Unknown
     }
 
-    /// Whether the channel is encrypted (nothing more can be read from it).
-    pub fn is_encrypted(&self) -> bool {
+    /// Whether the server started TLS on this connection at some point (it may have left
+    /// it again with `CCC`).
+    pub fn tls_seen(&self) -> bool {
         self.encrypted
+    }
+
+    /// Clear text resumed in `dir` at a TLS record boundary (`CCC`, RFC 4217 §6). For the
+    /// server that is a reply boundary: no multi-line reply is open — unless the engine
+    /// could not know that before TLS began (a gap), which TLS does not cure. Commands and
+    /// replies inside TLS were all invisible, so the FIFO (emptied when TLS began) holds
+    /// only what was read in clear text since.
+    pub fn cleartext_resumed(&mut self, dir: Dir) {
+        if dir == Dir::ToClient && self.multiline != Multiline::Unknown {
+            self.multiline = Multiline::Closed;
+        }
     }
 
     fn expect(&mut self, outstanding: Outstanding, end_seq: u32) {
@@ -230,7 +242,8 @@ impl Session {
         if self.multiline == Multiline::Unknown {
             return match reply {
                 Some(r) if r.code == 234 && !r.continues => {
-                    // Fail closed: whatever it closes, TLS may be starting.
+                    // Fail closed: whatever it closes, TLS may be starting. (A 234 echoed
+                    // as text cannot end the unknown state: see cleartext_resumed.)
                     self.outstanding.clear();
                     self.encrypted = true;
                     LineMeaning::TlsStarted
@@ -289,9 +302,11 @@ impl Session {
         }
         let answered = self.answered(ack);
         // 234 starts TLS even when its AUTH was lost in a gap: reading on would mean
-        // reading ciphertext as lines. Stopping is the safe side.
+        // reading ciphertext as lines. Commands sent inside TLS are invisible, so nothing
+        // outstanding can be answered in clear text afterwards.
         if code == 234 {
             self.encrypted = true;
+            self.outstanding.clear();
             return LineMeaning::TlsStarted;
         }
         if !policy::is_passive_reply_code(code) {
