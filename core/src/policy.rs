@@ -122,43 +122,83 @@ pub enum Deny {
     MidLine,
 }
 
-impl Deny {
+/// The kinds of [`Deny`], without their details: what the counters are indexed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DenyReason {
+    /// [`Deny::Bounce`].
+    Bounce,
+    /// [`Deny::FamilyMismatch`].
+    FamilyMismatch,
+    /// [`Deny::LowPort`].
+    LowPort,
+    /// [`Deny::Unsolicited`].
+    Unsolicited,
+    /// [`Deny::InsideMultiline`].
+    InsideMultiline,
+    /// [`Deny::ReplyFromClient`].
+    ReplyFromClient,
+    /// [`Deny::Truncated`].
+    Truncated,
+    /// [`Deny::TableFull`].
+    TableFull,
+    /// [`Deny::AfterGap`].
+    AfterGap,
+    /// [`Deny::MidLine`].
+    MidLine,
+}
+
+impl DenyReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DenyReason; 10] = [
+        DenyReason::Bounce,
+        DenyReason::FamilyMismatch,
+        DenyReason::LowPort,
+        DenyReason::Unsolicited,
+        DenyReason::InsideMultiline,
+        DenyReason::ReplyFromClient,
+        DenyReason::Truncated,
+        DenyReason::TableFull,
+        DenyReason::AfterGap,
+        DenyReason::MidLine,
+    ];
+
     /// A short stable name, used in log lines, counters and the log limiter.
-    pub fn reason(&self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
-            Deny::Bounce { .. } => "bounce",
-            Deny::FamilyMismatch { .. } => "family_mismatch",
-            Deny::LowPort { .. } => "low_port",
-            Deny::Unsolicited { .. } => "unsolicited",
-            Deny::InsideMultiline { .. } => "inside_multiline",
-            Deny::ReplyFromClient { .. } => "reply_from_client",
-            Deny::Truncated => "truncated",
-            Deny::TableFull => "table_full",
-            Deny::AfterGap { .. } => "after_gap",
-            Deny::MidLine => "mid_line",
+            DenyReason::Bounce => "bounce",
+            DenyReason::FamilyMismatch => "family_mismatch",
+            DenyReason::LowPort => "low_port",
+            DenyReason::Unsolicited => "unsolicited",
+            DenyReason::InsideMultiline => "inside_multiline",
+            DenyReason::ReplyFromClient => "reply_from_client",
+            DenyReason::Truncated => "truncated",
+            DenyReason::TableFull => "table_full",
+            DenyReason::AfterGap => "after_gap",
+            DenyReason::MidLine => "mid_line",
+        }
+    }
+}
+
+impl Deny {
+    /// Its kind.
+    pub fn kind(&self) -> DenyReason {
+        match self {
+            Deny::Bounce { .. } => DenyReason::Bounce,
+            Deny::FamilyMismatch { .. } => DenyReason::FamilyMismatch,
+            Deny::LowPort { .. } => DenyReason::LowPort,
+            Deny::Unsolicited { .. } => DenyReason::Unsolicited,
+            Deny::InsideMultiline { .. } => DenyReason::InsideMultiline,
+            Deny::ReplyFromClient { .. } => DenyReason::ReplyFromClient,
+            Deny::Truncated => DenyReason::Truncated,
+            Deny::TableFull => DenyReason::TableFull,
+            Deny::AfterGap { .. } => DenyReason::AfterGap,
+            Deny::MidLine => DenyReason::MidLine,
         }
     }
 
-    /// Every reason, in counter order.
-    pub const REASONS: [&'static str; 10] = [
-        "bounce",
-        "family_mismatch",
-        "low_port",
-        "unsolicited",
-        "inside_multiline",
-        "reply_from_client",
-        "truncated",
-        "table_full",
-        "after_gap",
-        "mid_line",
-    ];
-
-    /// Index of this reason in [`Deny::REASONS`].
-    pub fn index(&self) -> usize {
-        Deny::REASONS
-            .iter()
-            .position(|r| *r == self.reason())
-            .expect("every reason is listed in REASONS")
+    /// Its kind's name ([`DenyReason::name`]).
+    pub fn reason(&self) -> &'static str {
+        self.kind().name()
     }
 }
 
@@ -445,9 +485,16 @@ mod tests {
             Deny::ReplyFromClient { code: 227 },
             Deny::Truncated,
             Deny::TableFull,
+            Deny::AfterGap { code: 229 },
+            Deny::MidLine,
         ];
-        for (i, deny) in all.iter().enumerate() {
-            assert_eq!(deny.index(), i);
+        for (deny, reason) in all.iter().zip(DenyReason::ALL) {
+            assert_eq!(deny.kind(), reason);
+            assert_eq!(
+                reason as usize,
+                DenyReason::ALL.iter().position(|r| *r == reason).unwrap()
+            );
         }
+        assert_eq!(all.len(), DenyReason::ALL.len());
     }
 }
