@@ -272,7 +272,7 @@ impl Engine {
             // RFC 5961 §3: the endpoints accept a RST only at exactly the next sequence
             // number (an in-window one only draws a challenge ACK). Ending on anything
             // less would let an off-path guesser make the engine forget a connection.
-            if rst_is_exact(conn, dir, &segment) {
+            if conn.accepts_rst(dir, segment.seq, flags.ack.then_some(segment.ack)) {
                 Some(EndReason::Reset)
             } else {
                 let id = conn.id;
@@ -283,11 +283,10 @@ impl Engine {
                 }
                 return outcome;
             }
+        } else if flags.fin {
+            conn.fin_from(dir)
         } else {
-            if flags.fin {
-                conn.fin[dir.index()] = true;
-            }
-            (conn.fin[0] && conn.fin[1]).then_some(EndReason::Fin)
+            None
         };
         if let Some(reason) = ended {
             let id = conn.id;
@@ -370,14 +369,7 @@ impl Engine {
             if fed.dropped || fed.resynced {
                 self.counters.reorder_drops += 1;
             }
-            // A retransmission of the segment that carried the last announcement re-arms
-            // its hole: the receiver evidently has not got it yet, and may act on it after
-            // the first hole expired.
-            rearm = conn.last_hole[dir.index()].filter(|(end_seq, _)| {
-                let last_byte = end_seq.wrapping_sub(1);
-                let into = last_byte.wrapping_sub(data_seq);
-                usize::try_from(into).is_ok_and(|into| into < fed.old_bytes)
-            });
+            rearm = conn.rearm_for(dir, data_seq, fed.old_bytes);
         }
         self.counters.overlong_lines += reader.overlong;
         for cleartext_dir in std::mem::take(&mut reader.cleartext) {
@@ -397,7 +389,7 @@ impl Engine {
                 });
             }
         }
-        if let Some((_, spec)) = rearm {
+        if let Some(spec) = rearm {
             self.open_hole(now, id, key, dir, None, spec, outcome);
         }
         for (line_dir, meaning, end_seq, text) in reader.meanings {
@@ -522,7 +514,7 @@ impl Engine {
         }
         if let Some(end_seq) = end_seq {
             if let Some(tracked) = self.conns.get_mut(key) {
-                tracked.last_hole[dir.index()] = Some((end_seq, spec));
+                tracked.remember_announcement(dir, end_seq, spec);
             }
         }
     }
@@ -641,24 +633,6 @@ impl LineReader {
             After::Tls
         } else {
             After::Lines
-        }
-    }
-}
-
-/// Whether a RST on `conn` from `dir` would be accepted by its receiver (RFC 5961 §3): its
-/// sequence number is exactly the next one of its direction (one more after a FIN), or,
-/// refusing a connection whose sender has sent nothing, it acknowledges exactly the other
-/// side's next byte (RFC 9293 §3.10.7.3, the SYN-SENT case).
-fn rst_is_exact(conn: &crate::tracker::Conn, dir: Dir, segment: &wire::Segment<'_>) -> bool {
-    let stream = &conn.streams[dir.index()];
-    match stream.next_seq() {
-        Some(next) => {
-            let expected = next.wrapping_add(u32::from(conn.fin[dir.index()]));
-            segment.seq == expected
-        }
-        None => {
-            let other = conn.streams[dir.other().index()].next_seq();
-            segment.flags.ack && other == Some(segment.ack)
         }
     }
 }

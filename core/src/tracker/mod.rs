@@ -111,6 +111,44 @@ impl EndReason {
 }
 
 impl Conn {
+    /// A FIN from `dir` was seen; returns the end of the connection once both sides sent
+    /// one.
+    pub fn fin_from(&mut self, dir: Dir) -> Option<EndReason> {
+        self.fin[dir.index()] = true;
+        (self.fin[0] && self.fin[1]).then_some(EndReason::Fin)
+    }
+
+    /// Whether the receiver would accept a RST from `dir` with sequence number `seq` (and
+    /// acknowledgment `ack`, if set), as RFC 5961 §3 has it: exactly the next sequence
+    /// number of its direction (one more after a FIN); or, refusing a connection whose
+    /// sender has sent nothing, an acknowledgment of exactly the other side's next byte
+    /// (RFC 9293 §3.10.7.3, the SYN-SENT case). An in-window but inexact RST only draws a
+    /// challenge ACK from the endpoints, so it must not end tracking either.
+    pub fn accepts_rst(&self, dir: Dir, seq: u32, ack: Option<u32>) -> bool {
+        match self.streams[dir.index()].next_seq() {
+            Some(next) => seq == next.wrapping_add(u32::from(self.fin[dir.index()])),
+            None => ack.is_some() && ack == self.streams[dir.other().index()].next_seq(),
+        }
+    }
+
+    /// Remembers that the line ending just before `end_seq` in `dir` announced `spec`, so a
+    /// retransmission of it can re-arm the hole.
+    pub fn remember_announcement(&mut self, dir: Dir, end_seq: u32, spec: HoleSpec) {
+        self.last_hole[dir.index()] = Some((end_seq, spec));
+    }
+
+    /// The hole to re-arm when a segment of `dir` starting at `data_seq` repeated
+    /// `old_bytes` already-seen bytes that include the end of the last announcement: the
+    /// receiver evidently has not got it yet, and may act on it after the hole expired.
+    pub fn rearm_for(&self, dir: Dir, data_seq: u32, old_bytes: usize) -> Option<HoleSpec> {
+        let (end_seq, spec) = self.last_hole[dir.index()]?;
+        let last_byte = end_seq.wrapping_sub(1);
+        let into = last_byte.wrapping_sub(data_seq);
+        usize::try_from(into)
+            .is_ok_and(|into| into < old_bytes)
+            .then_some(spec)
+    }
+
     /// How much a connection is worth keeping when the table is full, lowest first: a
     /// closing one (a FIN was seen), then one that never carried data, then a live one.
     fn keep_rank(&self) -> u8 {
