@@ -1005,3 +1005,56 @@ fn gap_inside_tls_blinds_the_stream() {
     h.client("EPRT |2|2001:db8:1::10|50419|\r\n");
     assert!(h.holes().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Graceful restart: the stopping instance hands its connections to the next one.
+
+/// The next instance resumes exactly: the first `EPSV` after the restart is helped.
+#[test]
+fn handed_over_connection_is_helped_at_once_after_a_restart() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("EPSV\r\n"); // sent while the old instance stops...
+    let state = h.engine.export_state();
+    h.engine = ftp6proxy_core::Engine::new(Config::default());
+    assert_eq!(h.engine.import_state(h.now, &state), Ok(1));
+    h.server("229 Entering Extended Passive Mode (|||50630|)\r\n"); // ...answered after
+    assert_eq!(
+        h.holes(),
+        [passive("2001:db8:1::10", "2001:db8:2::21", 50630)]
+    );
+    h.client("EPRT |2|2001:db8:1::10|50631|\r\n");
+    assert_eq!(h.holes().len(), 2);
+}
+
+/// The pipelined-echo attack across a restart: a multi-line reply open at the stop is
+/// still open after it.
+#[test]
+fn pipelined_echo_across_a_restart_with_state_opens_nothing() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.client("STAT *\r\n");
+    h.server("213-status of *:\r\n");
+    let state = h.engine.export_state();
+    h.engine = ftp6proxy_core::Engine::new(Config::default());
+    h.engine.import_state(h.now, &state).unwrap();
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||6000|)\r\n");
+    assert!(h.holes().is_empty());
+}
+
+/// Without state (a crash), the same connection is joined mid-stream: its commands are
+/// helped from the next line, its passive replies are not.
+#[test]
+fn restart_without_state_joins_mid_stream() {
+    let mut h = Harness::v6().connected();
+    h.login();
+    h.engine = ftp6proxy_core::Engine::new(Config::default());
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50632|)\r\n");
+    h.client("EPSV\r\n");
+    h.server("229 Entering Extended Passive Mode (|||50633|)\r\n");
+    assert!(h.holes().is_empty());
+    h.client("EPRT |2|2001:db8:1::10|50634|\r\n");
+    assert_eq!(h.holes().len(), 1);
+}

@@ -519,6 +519,41 @@ impl Engine {
         }
     }
 
+    /// The connection state to hand to the next instance at a graceful stop
+    /// (`tracker::handover` format): with it, the next instance resumes every connection
+    /// exactly and helps its next announcement (DESIGN.md invariant 9).
+    pub fn export_state(&self) -> Vec<u8> {
+        crate::tracker::handover::encode(&self.conns.export())
+    }
+
+    /// Takes over the connections a previous instance handed over. The bytes are
+    /// untrusted: any invalid field rejects the whole file (then every connection is
+    /// joined mid-stream, which is always safe). Returns how many connections were taken.
+    ///
+    /// # Errors
+    /// [`StateError`](crate::tracker::handover::StateError) naming the first problem.
+    pub fn import_state(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+    ) -> Result<usize, crate::tracker::handover::StateError> {
+        let records = crate::tracker::handover::decode(bytes, self.config.max_connections)?;
+        let taken = self.conns.import(records, now);
+        self.counters.resumed += taken.len() as u64;
+        for (id, key) in &taken {
+            self.events.push_back(Event::ConnStart {
+                conn: *id,
+                client: key.0,
+                server: key.1,
+                start: Start::Resumed,
+            });
+        }
+        if !taken.is_empty() && self.next_reap.is_none() {
+            self.next_reap = Some(now + REAP_INTERVAL);
+        }
+        Ok(taken.len())
+    }
+
     /// The firewall's answer to an action returned earlier. `installed` is `false` when
     /// the firewall refused it. (`_now` keeps the input signature uniform; nothing here
     /// depends on time yet.)

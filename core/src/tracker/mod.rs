@@ -11,6 +11,7 @@
 //! the same order on every run.
 
 pub mod assembler;
+pub mod handover;
 pub mod session;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -363,6 +364,67 @@ impl ConnTable {
         }
         self.graves.insert(key, grave);
         self.grave_order.push_back(key);
+    }
+
+    /// Every connection that can be handed over to the next instance: all but those inside
+    /// TLS (their record positions are not kept).
+    pub fn export(&self) -> Vec<handover::Record> {
+        self.conns
+            .values()
+            .filter(|conn| !conn.streams.iter().any(LineAssembler::in_tls))
+            .map(|conn| handover::Record {
+                client: conn.client,
+                server: conn.server,
+                resume: [
+                    conn.streams[0].resume_point(),
+                    conn.streams[1].resume_point(),
+                ],
+                fin: conn.fin,
+                session: conn.session.to_record(),
+                last_hole: conn.last_hole,
+            })
+            .collect()
+    }
+
+    /// Takes over connections a previous instance handed over (already validated); returns
+    /// the ones taken. A stream that did not rest on a line boundary resumes as
+    /// after a gap.
+    pub fn import(&mut self, records: Vec<handover::Record>, now: Instant) -> Vec<(ConnId, Key)> {
+        let mut ids = Vec::new();
+        for record in records {
+            let key = (record.client, record.server);
+            if self.conns.contains_key(&key) || self.conns.len() >= self.max {
+                continue;
+            }
+            let mut streams = [LineAssembler::new(), LineAssembler::new()];
+            for (stream, resume) in streams.iter_mut().zip(record.resume) {
+                if let Some(seq) = resume {
+                    stream.resume_at(seq);
+                }
+            }
+            let mut session = Session::from_record(&record.session);
+            if record.resume[Dir::ToClient.index()].is_none() {
+                session.resync(Dir::ToClient);
+            }
+            let id = ConnId(self.next_id);
+            self.next_id += 1;
+            self.conns.insert(
+                key,
+                Conn {
+                    id,
+                    client: key.0,
+                    server: key.1,
+                    streams,
+                    session,
+                    last_seen: now,
+                    fin: record.fin,
+                    last_hole: record.last_hole,
+                    midstream: false,
+                },
+            );
+            ids.push((id, key));
+        }
+        ids
     }
 
     /// Stops tracking `key` (it ended: no record is kept).

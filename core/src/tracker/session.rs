@@ -114,6 +114,64 @@ impl Session {
         }
     }
 
+    /// The session as handed over to the next instance (`tracker::handover`).
+    pub fn to_record(&self) -> crate::tracker::handover::SessionRecord {
+        let (multiline, code) = match self.multiline {
+            Multiline::Closed => (0, 0),
+            Multiline::Open(code) => (1, code),
+            Multiline::Unknown => (2, 0),
+        };
+        let outstanding = self
+            .outstanding
+            .iter()
+            .map(|(command, end_seq)| {
+                let kind = match command {
+                    Outstanding::Other => 0,
+                    Outstanding::Auth => 1,
+                    Outstanding::Passive(PassiveRequest::Pasv) => 2,
+                    Outstanding::Passive(PassiveRequest::Lpsv) => 3,
+                    Outstanding::Passive(PassiveRequest::Epsv) => 4,
+                };
+                (kind, *end_seq)
+            })
+            .collect();
+        crate::tracker::handover::SessionRecord {
+            tls_seen: self.encrypted,
+            multiline,
+            code,
+            outstanding,
+        }
+    }
+
+    /// A session from a validated hand-over record (`handover::decode` checked every
+    /// value; anything else found here fails closed: unknown multi-line state).
+    pub fn from_record(record: &crate::tracker::handover::SessionRecord) -> Session {
+        let multiline = match (record.multiline, record.code) {
+            (0, _) => Multiline::Closed,
+            (1, code) => Multiline::Open(code),
+            _ => Multiline::Unknown,
+        };
+        let outstanding = record
+            .outstanding
+            .iter()
+            .map(|&(kind, end_seq)| {
+                let command = match kind {
+                    1 => Outstanding::Auth,
+                    2 => Outstanding::Passive(PassiveRequest::Pasv),
+                    3 => Outstanding::Passive(PassiveRequest::Lpsv),
+                    4 => Outstanding::Passive(PassiveRequest::Epsv),
+                    _ => Outstanding::Other,
+                };
+                (command, end_seq)
+            })
+            .collect();
+        Session {
+            outstanding,
+            multiline,
+            encrypted: record.tls_seen,
+        }
+    }
+
     /// Whether passive replies can no longer be helped (the server's stream had a gap).
     pub fn after_server_gap(&self) -> bool {
         self.multiline == Multiline::Unknown
