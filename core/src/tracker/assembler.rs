@@ -31,7 +31,8 @@ pub const MAX_REORDER_BYTES: usize = 4096;
 pub const MAX_REORDER_SEGMENTS: usize = 8;
 
 /// A segment further ahead of the expected sequence number than this is not kept: no sane
-/// control channel has that much data in flight.
+/// control channel has that much data in flight, so the stream went on without us and
+/// starts over at that segment, as after a gap.
 pub const REORDER_WINDOW: u32 = 64 * 1024;
 
 /// The largest TLS record body: 2^14 bytes of plaintext plus 2048 of expansion (RFC 5246
@@ -187,14 +188,12 @@ impl LineAssembler {
     /// Whether the peer's acknowledgment `ack` proves a gap in this stream: it acknowledges
     /// bytes beyond everything read here, so the receiver has bytes we never saw, and TCP
     /// will not send them again. `fin` says this direction sent a FIN, which takes one
-    /// sequence number of its own. An acknowledgment further ahead than
-    /// [`REORDER_WINDOW`] is implausible and proves nothing.
+    /// sequence number of its own.
     pub fn gap_proven_by(&self, ack: u32, fin: bool) -> bool {
         let Some(next) = self.next_seq else {
             return false;
         };
-        let ahead = seq_diff(ack, next) - i64::from(fin);
-        ahead > 0 && ahead <= i64::from(REORDER_WINDOW)
+        seq_diff(ack, next) - i64::from(fin) > 0
     }
 
     /// Gives up on the gap [`gap_proven_by`](Self::gap_proven_by) found: the stream goes
@@ -279,6 +278,18 @@ impl LineAssembler {
             }
         };
         let offset = seq_diff(seq, next);
+        if offset > i64::from(REORDER_WINDOW) {
+            // Far beyond anything a control channel has in flight: the stream went on
+            // without us (a restart, state resumed long after). Waiting for bytes that
+            // passed long ago would stall the stream for good; it starts over here, as
+            // after a gap.
+            self.reorder.clear();
+            self.reorder_bytes = 0;
+            self.start_over_at(seq);
+            fed.resynced = true;
+            self.consume(payload, &mut on_line);
+            return fed;
+        }
         if offset > 0 {
             fed.dropped = !self.stash(seq, payload, offset);
             fed.stashed = !fed.dropped;
@@ -577,11 +588,15 @@ mod tests {
         assert_eq!(seen, [(MAX_LINE, true), (4, false)]);
     }
 
+    /// A segment far beyond the window means the stream went on without us: it starts
+    /// over there, and what precedes its first line end is only a fragment.
     #[test]
-    fn far_future_segment_is_dropped() {
+    fn far_future_segment_restarts_the_stream_there() {
         let mut a = started(0);
-        let fed = a.feed(1 + REORDER_WINDOW + 1, b"PASV\r\n", |_| panic!("no line"));
-        assert!(fed.dropped);
+        let far = 1 + REORDER_WINDOW + 1;
+        let lines = lines_of(&mut a, &[(far, b"T\r\nPASV\r\n")]);
+        assert_eq!(lines, ["<fragment>T", "PASV"]);
+        assert_eq!(a.next_seq(), Some(far + 9));
     }
 
     #[test]
@@ -671,8 +686,8 @@ mod tests {
         assert!(!a.gap_proven_by(107, true), "the FIN's own sequence number");
         assert!(a.gap_proven_by(107, false));
         assert!(
-            !a.gap_proven_by(106 + REORDER_WINDOW + 1, false),
-            "implausibly far"
+            a.gap_proven_by(106 + REORDER_WINDOW + 1, false),
+            "however far: the receiver has those bytes"
         );
         assert!(
             !LineAssembler::new().gap_proven_by(5, false),
