@@ -8,6 +8,7 @@
 //! engine); the first process stays the privileged [`monitor`], which alone talks to the
 //! firewall. Owns process-level concerns only; no packet or FTP logic.
 
+pub mod handover;
 pub mod link;
 pub mod logging;
 pub mod monitor;
@@ -69,6 +70,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     if removed > 0 {
         log::info!("removed {removed} holes left by an earlier run");
     }
+    // The previous instance's connections, if it stopped gracefully, and the file this
+    // one leaves for the next (only with a pidfile: it names the instance).
+    let handover = match pidfile {
+        Some(_) => take_handover(settings)?,
+        None => Handover::default(),
+    };
     if settings.foreground == Foreground::No {
         nix::unistd::daemon(false, false).context("detach (daemon(3))")?;
     }
@@ -94,8 +101,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
             drop(signals);
             let code = match worker_signals
                 .context("signal handlers")
-                .and_then(|signals| run_worker(settings, intercept, worker_end, signals, &identity))
-            {
+                .and_then(|signals| {
+                    run_worker(
+                        settings, intercept, worker_end, signals, &identity, handover,
+                    )
+                }) {
                 Ok(Exit::Terminated) => 0,
                 Ok(Exit::MonitorGone | Exit::ParserGone) => 1,
                 Err(e) => {
@@ -106,7 +116,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
             std::process::exit(code);
         }
         ForkResult::Parent { child } => {
-            drop((worker_end, log_writer));
+            drop((worker_end, log_writer, handover));
             drop(intercept);
             if settings.foreground != Foreground::Debug && settings.firewall == FirewallKind::Nft {
                 privdrop::confine_monitor().context("confine the monitor")?;
@@ -143,6 +153,7 @@ fn run_worker(
     monitor: OwnedFd,
     signals: SignalPipe,
     identity: &privdrop::Identity,
+    handover: Handover,
 ) -> anyhow::Result<Exit> {
     let (parser_link, parser_end) = link::seqpacket_pair().context("socketpair for the parser")?;
     // SAFETY: single-threaded; the child only continues with its own code.
@@ -151,7 +162,7 @@ fn run_worker(
             // Nothing of the worker's stays open in the parser but its one socket.
             drop((intercept, monitor, signals, parser_link));
             logging::forward_as(logging::Process::Parser);
-            let code = match run_parser(settings, &parser_end, identity) {
+            let code = match run_parser(settings, &parser_end, identity, handover) {
                 Ok(()) => 0,
                 Err(e) => {
                     log::error!("parser: {e:#}");
@@ -162,7 +173,8 @@ fn run_worker(
         }
         ForkResult::Parent { child } => child,
     };
-    drop(parser_end);
+    // Only the parser writes the hand-over.
+    drop((parser_end, handover));
     // Messages queue in the worker when a peer is busy; the loop never blocks on one.
     for socket in [&monitor, &parser_link] {
         link::set_nonblocking(socket)?;
@@ -188,6 +200,7 @@ fn run_parser(
     settings: &Settings,
     worker: &OwnedFd,
     identity: &privdrop::Identity,
+    handover: Handover,
 ) -> anyhow::Result<()> {
     signals::ignore_all().context("ignore signals in the parser")?;
     if settings.foreground != Foreground::Debug {
@@ -200,7 +213,56 @@ fn run_parser(
     } else {
         chroot_only(settings)?;
     }
-    parser::run(Engine::new(settings.engine.clone()), worker).context("link to the worker")
+    let mut engine = Engine::new(settings.engine.clone());
+    if let Some(bytes) = &handover.inherited {
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::Instant::now();
+        match engine.import_state(now, bytes) {
+            Ok(n) => log::info!("took over {n} connections from the previous instance"),
+            Err(e) => log::warn!(
+                "hand-over from the previous instance not taken ({e}); its connections are \
+                 joined mid-stream"
+            ),
+        }
+    }
+    parser::run(engine, worker, handover.out).context("link to the worker")
+}
+
+/// The graceful-restart hand-over: what the previous instance left, and where this one
+/// leaves its own.
+#[derive(Debug, Default)]
+struct Handover {
+    inherited: Option<Vec<u8>>,
+    out: Option<std::fs::File>,
+}
+
+/// Takes the previous instance's hand-over (see `handover`) and creates this one's.
+fn take_handover(settings: &Settings) -> anyhow::Result<Handover> {
+    let path = handover::path_for(&settings.pidfile);
+    let max = handover::max_bytes(settings.engine.max_connections);
+    let found = handover::take(&path, max, std::time::SystemTime::now())
+        .with_context(|| format!("hand-over file {}", path.display()))?;
+    let inherited = match found {
+        handover::Found::Nothing => None,
+        handover::Found::Empty => {
+            log::info!(
+                "the previous instance did not stop gracefully: its connections are joined \
+                 mid-stream"
+            );
+            None
+        }
+        handover::Found::Stale(why) => {
+            log::warn!("hand-over file {} not taken: {why}", path.display());
+            None
+        }
+        handover::Found::State(bytes) => Some(bytes),
+    };
+    let out = handover::create(&path)
+        .with_context(|| format!("create the hand-over file {}", path.display()))?;
+    Ok(Handover {
+        inherited,
+        out: Some(out),
+    })
 }
 
 /// `-r` under `-d -d`, where privileges are kept.

@@ -227,7 +227,11 @@ fn tell_actions(worker: &OwnedFd, packet: Option<u64>, actions: Vec<FwAction>) -
 ///
 /// # Errors
 /// When the link to the worker fails (the worker is gone).
-pub fn run(mut engine: Engine, worker: &OwnedFd) -> nix::Result<()> {
+pub fn run(
+    mut engine: Engine,
+    worker: &OwnedFd,
+    mut handover: Option<std::fs::File>,
+) -> nix::Result<()> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let timeout = engine.poll_timeout().map_or(PollTimeout::NONE, |at| {
@@ -268,6 +272,9 @@ pub fn run(mut engine: Engine, worker: &OwnedFd) -> nix::Result<()> {
                     log::info!("terminating: closing {} holes", engine.open_holes());
                     tell_actions(worker, None, engine.shutdown())?;
                     drain_events(&mut engine);
+                    if let Some(mut file) = handover.take() {
+                        hand_over(&engine, &mut file);
+                    }
                     return tell(worker, ToWorker::Closed);
                 }
                 Err(e) => log::error!("parser: worker sent a {e}"),
@@ -277,6 +284,21 @@ pub fn run(mut engine: Engine, worker: &OwnedFd) -> nix::Result<()> {
             tell_actions(worker, None, engine.tick(now))?;
         }
         drain_events(&mut engine);
+    }
+}
+
+/// Writes the connections for the next instance into the hand-over file the monitor opened
+/// before the sandbox was entered (a write on an inherited descriptor is all it takes).
+fn hand_over(engine: &Engine, file: &mut std::fs::File) {
+    use std::io::Write;
+    let state = engine.export_state();
+    match file.write_all(&state) {
+        Ok(()) => log::info!(
+            "handed over {} connections to the next instance ({} bytes)",
+            engine.connections(),
+            state.len()
+        ),
+        Err(e) => log::error!("writing the hand-over file: {e}"),
     }
 }
 
@@ -370,9 +392,11 @@ mod tests {
     }
 
     /// The parser answers every packet with its actions and then `Done`, in order, and
-    /// closes every hole on shutdown.
+    /// closes every hole on shutdown, and then writes the hand-over for the next instance.
     #[test]
     fn parser_answers_packets_and_closes_holes_on_shutdown() {
+        let path = std::env::temp_dir().join(format!("f6p-parser-{}.state", std::process::id()));
+        let handover = crate::daemon::handover::create(&path).unwrap();
         let (worker_end, parser_end) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -380,7 +404,9 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        let parser = std::thread::spawn(move || run(Engine::new(Config::default()), &parser_end));
+        let parser = std::thread::spawn(move || {
+            run(Engine::new(Config::default()), &parser_end, Some(handover))
+        });
         let packets = crate::daemon::worker::tests_support::conversation();
         let mut out = Vec::new();
         for (id, bytes) in packets.iter().enumerate() {
@@ -424,5 +450,12 @@ mod tests {
             kinds,
             ["done#0", "done#1", "open#2", "done#2", "done#3", "close", "Closed"]
         );
+        // The conversation's connection, handed over: a new engine takes it.
+        let state = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let mut next = Engine::new(Config::default());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        assert_eq!(next.import_state(now, &state), Ok(1));
     }
 }

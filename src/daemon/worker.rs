@@ -622,7 +622,7 @@ mod tests {
         }
         let (parser, silent_parser) = if real_parser {
             let thread = std::thread::spawn(move || {
-                super::super::parser::run(Engine::new(Config::default()), &parser_end)
+                super::super::parser::run(Engine::new(Config::default()), &parser_end, None)
             });
             (Some(thread), None)
         } else {

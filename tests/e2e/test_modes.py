@@ -6,6 +6,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 import lab
 
 BASE_ARGS = ["-j", lab.GW_NS, "--firewall", "nft", "--ftp-ports", "21,2121,2122",
@@ -179,3 +181,58 @@ def test_second_instance_leaves_the_first_ones_holes_alone(tmp_path):
             assert lab.set_elements(6) == {hole}, "the second instance removed a live hole"
     finally:
         stop(proc)
+
+
+def launch_detached(argv, pidfile):
+    launcher = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    assert launcher.returncode == 0, launcher.stderr
+    assert lab.wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()
+                          and lab.queue_bound(), 20), "no pidfile or queue after detaching"
+    return int(pidfile.read_text())
+
+
+def stop_detached(pid, pidfile):
+    os.kill(pid, signal.SIGTERM)
+    assert lab.wait_until(lambda: not os.path.exists(f"/proc/{pid}")
+                          or proc_status(pid).get("State", "").startswith("Z"), 10), \
+        "daemon still running 10 s after SIGTERM"
+    assert lab.wait_until(lambda: not pidfile.exists(), 5), "pidfile not removed at exit"
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["sigterm", "kill9"])
+def test_restart_hands_connections_over_only_when_graceful(tmp_path, graceful):
+    """Invariant 9 end to end: a control connection opened before a restart. After a
+    graceful stop (SIGTERM) the next instance takes it over from the state file and helps
+    its very first passive reply; after a crash (kill -9) it is joined mid-stream, and a
+    passive reply is not helped on it (a multi-line reply might be open), while a PORT is."""
+    pidfile = tmp_path / "ftp6proxy.pid"
+    state = tmp_path / "ftp6proxy.state"
+    argv = [str(lab.daemon_binary()), "-i", str(pidfile), *BASE_ARGS]
+    pid = launch_detached(argv, pidfile)
+    c, s = lab.CLIENT[6], lab.SERVER[6]
+    with lab.Bridge(6, lab.VSFTPD) as b:
+        try:
+            b.login()
+            assert b.cmd("TYPE I").startswith("200")
+            if graceful:
+                stop_detached(pid, pidfile)
+                assert state.exists() and state.stat().st_size > 0, "no hand-over written"
+            else:
+                os.kill(pid, signal.SIGKILL)
+                assert lab.wait_until(lambda: not lab.queue_bound(), 10)
+                pidfile.unlink()
+            pid = launch_detached(argv, pidfile)
+            port = lab.parse_229(b.cmd("EPSV"))
+            if graceful:
+                assert lab.set_elements(6) == {(c, s, port)}, "first EPSV after restart"
+                assert not state.exists() or state.stat().st_size == 0, \
+                    "the hand-over must be taken once"
+            else:
+                assert lab.set_elements(6) == set(), "passive helped after a crash"
+                r = b.cmd(f"EPRT {lab.eprt_arg(6, c, 50640)}")
+                assert r.startswith("200"), r
+                assert lab.set_elements(6) == {(s, c, 50640)}, "EPRT after a crash"
+        finally:
+            os.kill(pid, signal.SIGTERM)
+    assert lab.wait_until(lambda: not pidfile.exists(), 10), "pidfile not removed at exit"
+    assert lab.wait_until(lambda: not lab.queue_bound(), 10)
