@@ -268,3 +268,27 @@ fn open_into_missing_set_is_refused_with_the_element_named() {
     }
     assert!(!ns.nft_ok("list set inet filter ftp6proxy6"));
 }
+
+/// Issue 10, restarts lose no transfer: a starting instance adopts the live holes an
+/// earlier one left (their element timeouts are at most -t) and removes the rest: anything
+/// with longer to live, or no timeout at all, is no live hole of ours.
+#[test]
+fn take_over_keeps_live_holes_and_removes_the_rest() {
+    let ns = with_sets();
+    let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
+    nft.apply(&open(spec6(50200), Duration::from_secs(2)))
+        .unwrap();
+    nft.apply(&open(spec4(50201), Duration::from_secs(2)))
+        .unwrap();
+    ns.nft(
+        "add element inet filter ftp6proxy6 { 2001:db8::10 . 2001:db8::21 . 50202 timeout 300s }",
+    );
+    ns.nft("add element inet filter ftp6proxy4 { 192.0.2.10 . 198.51.100.21 . 50203 timeout 60s }");
+    let taken = nft.take_over(Duration::from_secs(2)).unwrap();
+    assert_eq!((taken.kept, taken.removed), (2, 2));
+    let v6 = ns.nft("list set inet filter ftp6proxy6");
+    let v4 = ns.nft("list set inet filter ftp6proxy4");
+    assert!(v6.contains("50200") && !v6.contains("50202"), "{v6}");
+    assert!(v4.contains("50201") && !v4.contains("50203"), "{v4}");
+    assert!(nft.holes_expire());
+}

@@ -64,11 +64,20 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     if settings.check {
         return check_only(settings, intercept);
     }
-    let removed = firewall
-        .flush_owned()
-        .context("remove holes left by an earlier run")?;
-    if removed > 0 {
-        log::info!("removed {removed} holes left by an earlier run");
+    // What an earlier run left: live holes that expire by themselves are adopted (a
+    // transfer announced just before a restart keeps its hole), the rest removed.
+    let taken = firewall
+        .take_over(settings.engine.ttl)
+        .context("deal with holes left by an earlier run")?;
+    if taken.removed > 0 {
+        log::info!("removed {} holes left by an earlier run", taken.removed);
+    }
+    if taken.kept > 0 {
+        log::info!(
+            "left {} live holes of an earlier run to expire by themselves (within {}s)",
+            taken.kept,
+            settings.engine.ttl.as_secs()
+        );
     }
     // The previous instance's connections, if it stopped gracefully, and the file this
     // one leaves for the next (only with a pidfile: it names the instance).

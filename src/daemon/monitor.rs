@@ -135,7 +135,7 @@ pub fn run(
     };
     // The worker's and the parser's last words.
     drain_log(&log);
-    clean_up(firewall, &mut validator);
+    clean_up(firewall, &mut validator, &log);
     match (terminating, worker_status) {
         (Some(_), _) => 0,
         (None, Some(WaitStatus::Exited(_, 0))) => 0,
@@ -181,9 +181,43 @@ fn serve(firewall: &mut dyn Firewall, validator: &mut Validator, socket: &OwnedF
     }
 }
 
-/// Closes every hole the worker left open and removes anything else of ours.
-fn clean_up(firewall: &mut dyn Firewall, validator: &mut Validator) {
-    for action in validator.open_holes() {
+/// The worker is gone: no hole is cut short. Holes that expire by themselves (nft) are
+/// left to their own timeouts — a restart hands their connections over and the next
+/// instance adopts them. Holes that never expire (ipfw rules, pf anchors) are closed each
+/// at its deadline, at most `-t` from now (rc.d's stop waits for the monitor), and then
+/// anything else of ours is removed. Log lines of the other processes are still written
+/// while it waits.
+fn clean_up(firewall: &mut dyn Firewall, validator: &mut Validator, log: &OwnedFd) {
+    let holes = validator.open_holes();
+    if firewall.holes_expire() {
+        if !holes.is_empty() {
+            log::info!(
+                "leaving {} live holes to expire by themselves (at most -t)",
+                holes.len()
+            );
+        }
+        return;
+    }
+    if !holes.is_empty() {
+        log::info!(
+            "closing {} live holes at their deadlines before exiting",
+            holes.len()
+        );
+    }
+    for (action, deadline) in holes {
+        #[allow(clippy::disallowed_methods)]
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            let mut fds = [PollFd::new(log.as_fd(), PollFlags::POLLIN)];
+            let mut waited = Duration::ZERO;
+            while waited < left {
+                let step = (left - waited).min(Duration::from_millis(200));
+                let ms = u16::try_from(step.as_millis().max(1)).unwrap_or(u16::MAX);
+                let _ = poll(&mut fds, PollTimeout::from(ms));
+                drain_log(log);
+                waited += step;
+            }
+        }
         if let Err(e) = firewall.apply(&action) {
             log::error!("firewall: closing slot {} at exit: {e}", action.slot());
         }

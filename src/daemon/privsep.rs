@@ -9,9 +9,9 @@
 //! Messages are fixed-size datagrams on a `SOCK_SEQPACKET` socketpair, so there is no
 //! framing to get wrong and a short or long message is simply invalid.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ftp6proxy_core::policy::MIN_DATA_PORT;
 use ftp6proxy_core::{FwAction, HoleSpec, Mode, Slot};
@@ -222,7 +222,8 @@ pub struct Validator {
     base: u16,
     count: u16,
     max_ttl: Duration,
-    opened: HashMap<Slot, HoleSpec>,
+    /// Holes opened and not closed since, with their deadlines.
+    opened: BTreeMap<Slot, (HoleSpec, Instant)>,
 }
 
 fn usable(addr: IpAddr) -> bool {
@@ -239,7 +240,7 @@ impl Validator {
             base,
             count,
             max_ttl,
-            opened: HashMap::new(),
+            opened: BTreeMap::new(),
         }
     }
 
@@ -273,7 +274,7 @@ impl Validator {
                 Err(Invalid::SlotBusy(slot.0))
             }
             FwAction::Refresh { .. } | FwAction::Close { .. }
-                if self.opened.get(&slot) != Some(spec) =>
+                if self.opened.get(&slot).map(|(open, _)| open) != Some(spec) =>
             {
                 Err(Invalid::NotOurs(slot.0))
             }
@@ -283,9 +284,13 @@ impl Validator {
 
     /// Records that `action` was applied (`installed`: the firewall accepted it).
     pub fn applied(&mut self, action: &FwAction, installed: bool) {
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
         match action {
-            FwAction::Open { slot, spec, .. } if installed => {
-                self.opened.insert(*slot, *spec);
+            FwAction::Open { slot, spec, ttl } | FwAction::Refresh { slot, spec, ttl }
+                if installed =>
+            {
+                self.opened.insert(*slot, (*spec, now + *ttl));
             }
             FwAction::Close { slot, .. } => {
                 // Even if the firewall refused, forget it: shutdown flushes everything.
@@ -295,12 +300,16 @@ impl Validator {
         }
     }
 
-    /// Holes the monitor believes are open, for closing them when the worker is gone.
-    pub fn open_holes(&self) -> Vec<FwAction> {
-        self.opened
+    /// Holes the monitor believes are open, each with the close it needs and its deadline,
+    /// earliest deadline first, for closing them when the worker is gone.
+    pub fn open_holes(&self) -> Vec<(FwAction, Instant)> {
+        let mut holes: Vec<(FwAction, Instant)> = self
+            .opened
             .iter()
-            .map(|(&slot, &spec)| FwAction::Close { slot, spec })
-            .collect()
+            .map(|(&slot, &(spec, deadline))| (FwAction::Close { slot, spec }, deadline))
+            .collect();
+        holes.sort_by_key(|(_, deadline)| *deadline);
+        holes
     }
 }
 
@@ -413,7 +422,17 @@ mod tests {
         };
         assert_eq!(v.check(&wrong), Err(Invalid::NotOurs(64000)));
         assert_eq!(v.check(&close), Ok(()));
-        assert_eq!(v.open_holes(), vec![close]);
+        let holes = v.open_holes();
+        assert_eq!(
+            holes.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+            vec![close]
+        );
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        assert!(
+            holes[0].1 <= now + Duration::from_secs(2),
+            "its deadline is the open's ttl from when it was applied"
+        );
         v.applied(&close, true);
         assert!(v.open_holes().is_empty());
     }

@@ -803,45 +803,21 @@ mod tests {
         parser.unwrap().join().unwrap().unwrap();
     }
 
-    /// Invariant 6: shutdown has the parser close every hole, waits for the monitor, and
-    /// passes everything.
+    /// Invariants 1 and 6: shutdown passes everything and cuts no hole short — the parser
+    /// asks for no close (the monitor lets each hole live to its deadline).
     #[test]
-    fn shutdown_closes_holes_and_passes_everything() {
+    fn shutdown_passes_everything_and_closes_no_hole() {
         let mut rig = rig(true);
         rig.worker.read_packets(now());
         rig.settle(|w| !w.in_flight.is_empty());
         let open = rig.requests();
         rig.answer(open[0].id, true);
         rig.settle(|w| w.intercept.passed.len() == 4);
-        let Rig {
-            mut worker,
-            monitor,
-            parser,
-            ..
-        } = rig;
-        let monitor_thread = std::thread::spawn(move || {
-            // Play the monitor: confirm the close the worker sends while shutting down.
-            let mut buf = [0u8; 64];
-            let n = recv(monitor.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
-            let request = Request::decode(&buf[..n]).unwrap();
-            assert!(matches!(request.action, FwAction::Close { .. }));
-            send(
-                monitor.as_raw_fd(),
-                &Response {
-                    id: request.id,
-                    ok: true,
-                }
-                .encode(),
-                MsgFlags::empty(),
-            )
-            .unwrap();
-            monitor
-        });
-        assert_eq!(worker.shutdown(), Exit::Terminated);
-        drop(monitor_thread.join().unwrap());
-        assert!(worker.parser_closed);
-        assert!(worker.in_flight.is_empty());
-        parser.unwrap().join().unwrap().unwrap();
+        assert_eq!(rig.worker.shutdown(), Exit::Terminated);
+        assert!(rig.worker.parser_closed);
+        assert!(rig.worker.in_flight.is_empty());
+        assert!(rig.requests().is_empty(), "no close sent to the monitor");
+        rig.parser.take().unwrap().join().unwrap().unwrap();
     }
 
     /// FreeBSD 14's 8 KiB SEQPACKET send space (uipc_usrreq.c `unpsp_sendspace = PIPSIZ`)

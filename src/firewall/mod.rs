@@ -63,6 +63,40 @@ pub trait Firewall {
     /// # Errors
     /// When the firewall refuses the change.
     fn apply(&mut self, action: &FwAction) -> Result<(), Error>;
+
+    /// Whether a hole closes by itself at its deadline (nft element timeouts). Then a
+    /// stopping instance leaves live holes to expire instead of cutting them short; ipfw
+    /// rules and pf anchors never expire, so the monitor closes each at its deadline.
+    fn holes_expire(&self) -> bool {
+        false
+    }
+
+    /// At start: deals with what a previous instance left. Holes that expire by themselves
+    /// are adopted if they have at most `max_left` (`-t`) to live, the rest removed; a
+    /// backend whose holes never expire removes everything of ours ([`flush_owned`]): a
+    /// previous instance that stopped gracefully removed its holes at their deadlines, so
+    /// whatever is left was left by a crash.
+    ///
+    /// [`flush_owned`]: Firewall::flush_owned
+    ///
+    /// # Errors
+    /// As [`Firewall::flush_owned`].
+    fn take_over(&mut self, max_left: std::time::Duration) -> Result<TakeOver, Error> {
+        let _ = max_left;
+        Ok(TakeOver {
+            kept: 0,
+            removed: self.flush_owned()?,
+        })
+    }
+}
+
+/// What [`Firewall::take_over`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TakeOver {
+    /// Live holes left to expire by themselves.
+    pub kept: usize,
+    /// Holes removed.
+    pub removed: usize,
 }
 
 /// Holes shared by the backends' golden tests and the privsep tests.

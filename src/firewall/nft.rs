@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use ftp6proxy_core::{Family, FwAction, HoleSpec, Slot};
 
-use super::{Error, Firewall};
+use super::{Error, Firewall, TakeOver};
 use crate::netlink::{
     self, attrs, messages, nfnl_type, split_nfgenmsg, MsgBuilder, Socket, NFNL_MSG_BATCH_BEGIN,
     NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE,
@@ -90,6 +90,8 @@ pub const NFTA_LIST_ELEM: u16 = 1;
 // enum nft_set_elem_attributes
 /// `NFTA_SET_ELEM_KEY` (nested `NFTA_DATA_VALUE`).
 pub const NFTA_SET_ELEM_KEY: u16 = 1;
+/// `NFTA_SET_ELEM_EXPIRATION`: milliseconds left before the element times out (dumps).
+pub const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
 /// `NFTA_SET_ELEM_TIMEOUT` (be64, milliseconds).
 pub const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 /// `NFTA_SET_ELEM_USERDATA` (libnftnl udata TLVs).
@@ -529,6 +531,85 @@ pub fn count_elems_msg(payload: &[u8]) -> Result<usize, netlink::ParseError> {
     Ok(count)
 }
 
+/// One element of a set dump: its key bytes and the time it has left, if it has a timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedElem {
+    /// The key (`NFTA_DATA_VALUE` inside `NFTA_SET_ELEM_KEY`).
+    pub key: Vec<u8>,
+    /// Milliseconds before it expires (`NFTA_SET_ELEM_EXPIRATION`); `None`: no timeout.
+    pub expires_ms: Option<u64>,
+}
+
+/// The elements in one NEWSETELEM dump message.
+///
+/// # Errors
+/// When the message is malformed.
+pub fn elems_msg(payload: &[u8]) -> Result<Vec<ListedElem>, netlink::ParseError> {
+    let (_, body) = split_nfgenmsg(payload)?;
+    let mut out = Vec::new();
+    for attr in attrs(body) {
+        let attr = attr?;
+        if attr.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for elem in attrs(attr.data) {
+            let elem = elem?;
+            if elem.ty != NFTA_LIST_ELEM {
+                continue;
+            }
+            let mut listed = ListedElem {
+                key: Vec::new(),
+                expires_ms: None,
+            };
+            for field in attrs(elem.data) {
+                let field = field?;
+                match field.ty {
+                    NFTA_SET_ELEM_KEY => {
+                        for value in attrs(field.data) {
+                            let value = value?;
+                            if value.ty == NFTA_DATA_VALUE {
+                                listed.key = value.data.to_vec();
+                            }
+                        }
+                    }
+                    NFTA_SET_ELEM_EXPIRATION => listed.expires_ms = field.be_u64(),
+                    _ => {}
+                }
+            }
+            out.push(listed);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the elements with `keys` from `set` in one transaction.
+pub fn build_delete_keys(cfg: &NftConfig, seq: u32, set: &str, keys: &[Vec<u8>]) -> Batch {
+    let mut b = MsgBuilder::new();
+    push_batch_marker(&mut b, NFNL_MSG_BATCH_BEGIN, seq);
+    let mut acks = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let msg_seq = seq + 1 + u32::try_from(i).unwrap_or(u32::MAX - seq - 2);
+        push_elem_msg(
+            &mut b,
+            NFT_MSG_DELSETELEM,
+            msg_seq,
+            cfg,
+            set,
+            key,
+            None,
+            None,
+        );
+        acks.push(msg_seq);
+    }
+    let end = seq + 1 + u32::try_from(keys.len()).unwrap_or(0);
+    push_batch_marker(&mut b, NFNL_MSG_BATCH_END, end);
+    Batch {
+        bytes: b.finish(),
+        begin_seq: seq,
+        acks,
+    }
+}
+
 /// What is wrong with one of our sets, if anything.
 fn set_problem(info: &SetInfo, family: Family) -> Option<String> {
     let mut problems = Vec::new();
@@ -776,6 +857,30 @@ impl Nft {
         }
     }
 
+    /// Lists the elements of `set` with a GETSETELEM dump.
+    fn list_elems(&mut self, set: &str) -> Result<Vec<ListedElem>, Error> {
+        let seq = self.seqs(1);
+        let bytes = build_dump_elems(&self.cfg, seq, set);
+        let mut listed = Vec::new();
+        let newsetelem = nfnl_type(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWSETELEM);
+        let answers = self.talk(
+            &bytes,
+            &[seq],
+            None,
+            |msg| {
+                if msg.ty == newsetelem {
+                    listed.extend(elems_msg(msg.payload)?);
+                }
+                Ok(())
+            },
+            &format!("list nftables set {set}"),
+        )?;
+        match answers.first_error() {
+            None => Ok(listed),
+            Some((_, errno)) => Err(kernel_error(&format!("list nftables set {set}"), errno)),
+        }
+    }
+
     /// Counts the elements of `set` with a GETSETELEM dump.
     fn count_elems(&mut self, set: &str) -> Result<usize, Error> {
         let seq = self.seqs(1);
@@ -875,6 +980,40 @@ impl Firewall for Nft {
             return Err(refused(what, errno));
         }
         Ok(count)
+    }
+
+    /// Set elements carry their own timeout: a hole left behind closes by itself.
+    fn holes_expire(&self) -> bool {
+        true
+    }
+
+    /// Adopts what a previous instance left: its live holes expire by their own element
+    /// timeouts, at most `max_left` from now (no instance sets a longer one), so they stay
+    /// — a transfer announced just before a restart keeps its hole. Anything with more time
+    /// left, or no timeout at all, is no live hole of ours and goes.
+    fn take_over(&mut self, max_left: Duration) -> Result<TakeOver, Error> {
+        let limit = u64::try_from(max_left.as_millis()).unwrap_or(u64::MAX);
+        let mut taken = TakeOver::default();
+        for family in [Family::V6, Family::V4] {
+            let set = self.cfg.set_name(family);
+            let (keep, stale): (Vec<ListedElem>, Vec<ListedElem>) = self
+                .list_elems(&set)?
+                .into_iter()
+                .partition(|e| e.expires_ms.is_some_and(|ms| ms <= limit));
+            taken.kept += keep.len();
+            if stale.is_empty() {
+                continue;
+            }
+            let keys: Vec<Vec<u8>> = stale.into_iter().map(|e| e.key).collect();
+            let seq = self.seqs(u32::try_from(keys.len() + 2).unwrap_or(u32::MAX));
+            let batch = build_delete_keys(&self.cfg, seq, &set, &keys);
+            let what = format!("delete {} stale elements of set {set}", keys.len());
+            match self.run_batch(&batch, &what)? {
+                None | Some((_, libc::ENOENT)) => taken.removed += keys.len(),
+                Some((_, errno)) => return Err(refused(what, errno)),
+            }
+        }
+        Ok(taken)
     }
 
     fn apply(&mut self, action: &FwAction) -> Result<(), Error> {

@@ -31,7 +31,8 @@ def lab_net():
 def daemon(request, tmp_path):
     """ftp6proxy started in the gateway namespace (-d -d -j f6p-gw ... -t 2).
 
-    Teardown: SIGTERM, exit status 0, both hole sets empty. If the binary is missing the
+    Teardown: SIGTERM, exit status 0, both hole sets empty within -t (a stop leaves live
+    holes to their own timeouts). If the binary is missing the
     test FAILS (see pytest_runtest_call below) rather than erroring or skipping."""
     marker = request.node.get_closest_marker("daemon_timeout")
     timeout_s = marker.args[0] if marker else 2
@@ -50,8 +51,9 @@ def daemon(request, tmp_path):
     if d.running():
         status = d.stop()
         assert status == 0, f"ftp6proxy exit status {status} after SIGTERM (want 0)"
-    leftovers = lab.all_elements()
-    assert not leftovers, f"hole sets not empty after the daemon stopped: {leftovers}"
+    # A stop cuts no hole short: live holes expire by their own timeouts, at most -t.
+    assert lab.wait_until(lambda: not lab.all_elements(), timeout_s + 5), \
+        f"hole sets not empty {timeout_s + 5}s after the daemon stopped: {lab.all_elements()}"
 
 
 @pytest.hookimpl(tryfirst=True)
