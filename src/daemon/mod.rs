@@ -64,6 +64,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     if settings.check {
         return check_only(settings, intercept);
     }
+    // The kernel's drop counters for the intercept, opened where the queue lives.
+    let overflow = platform::overflow_watch(settings, target.as_ref());
     // What an earlier run left: live holes that expire by themselves are adopted (a
     // transfer announced just before a restart keeps its hole), the rest removed.
     let taken = firewall
@@ -142,6 +144,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
                 monitor::Links {
                     worker: monitor_end,
                     log: log_reader,
+                    overflow,
                 },
                 child,
                 &signals,

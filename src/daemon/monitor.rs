@@ -31,7 +31,12 @@ pub struct Links {
     pub worker: OwnedFd,
     /// Log lines from the worker and the parser (non-blocking).
     pub log: OwnedFd,
+    /// The intercept's drop counters, where the kernel shows them (NFQUEUE).
+    pub overflow: Option<crate::intercept::OverflowWatch>,
 }
+
+/// How often the intercept's drop counters are looked at.
+const OVERFLOW_CHECK: Duration = Duration::from_secs(5);
 
 /// Writes every log line waiting on the log link.
 fn drain_log(log: &OwnedFd) {
@@ -56,13 +61,18 @@ pub fn run(
     let Links {
         worker: socket,
         log,
+        mut overflow,
     } = links;
+    #[allow(clippy::disallowed_methods)]
+    let started = Instant::now();
+    let mut next_overflow_check = started + OVERFLOW_CHECK;
     let mut terminating: Option<Instant> = None;
     let mut buf = [0u8; REQUEST_LEN + 1];
     let worker_status = loop {
-        let timeout = match terminating {
-            Some(_) => PollTimeout::from(100u16),
-            None => PollTimeout::NONE,
+        let timeout = match (terminating, &overflow) {
+            (Some(_), _) => PollTimeout::from(100u16),
+            (None, Some(_)) => PollTimeout::from(1000u16),
+            (None, None) => PollTimeout::NONE,
         };
         let mut fds = [
             PollFd::new(socket.as_fd(), PollFlags::POLLIN),
@@ -94,12 +104,29 @@ pub fn run(
                     log::info!("log reopened");
                 }
                 Signal::Status => {
+                    #[allow(clippy::disallowed_methods)]
+                    let uptime = started.elapsed().as_secs();
+                    log::info!(
+                        "monitor uptime={uptime}s holes_open={}",
+                        validator.open_holes().len()
+                    );
                     let _ = kill(worker, NixSignal::SIGUSR1);
                 }
                 Signal::Child => {}
             }
         }
         drain_log(&log);
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        if now >= next_overflow_check {
+            next_overflow_check = now + OVERFLOW_CHECK;
+            if let Some(line) = overflow
+                .as_mut()
+                .and_then(crate::intercept::OverflowWatch::check)
+            {
+                log::warn!("{line}");
+            }
+        }
         // Serve every waiting request, then check on the worker.
         let mut worker_closed = false;
         loop {

@@ -55,3 +55,121 @@ pub trait Intercept: AsRawFd {
     /// A socket error.
     fn pass_held(&mut self, held: Self::Held) -> io::Result<()>;
 }
+
+/// The kernel's drop counters of one NFQUEUE (Linux `/proc/net/netfilter/nfnetlink_queue`,
+/// written by `nfqnl_seq_show` in net/netfilter/nfnetlink_queue.c as `queue_num
+/// peer_portid queue_total copy_mode copy_range queue_dropped queue_user_dropped
+/// id_sequence 1`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Packets the queue could not hold: with fail-open they passed unseen.
+    pub dropped: u64,
+    /// Packets our socket's buffer could not hold (ENOBUFS): with fail-open, unseen too.
+    pub user_dropped: u64,
+}
+
+/// The counters of queue `queue` in the text of `/proc/net/netfilter/nfnetlink_queue`.
+pub fn parse_queue_stats(text: &str, queue: u16) -> Option<QueueStats> {
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 7 || fields[0].parse::<u16>().ok()? != queue {
+            return None;
+        }
+        Some(QueueStats {
+            dropped: fields[5].parse().ok()?,
+            user_dropped: fields[6].parse().ok()?,
+        })
+    })
+}
+
+/// Watches a queue's drop counters through a file opened once (in the queue's network
+/// namespace: `/proc/net` shows the namespace of the process that opened it), so that
+/// packets passed unseen are logged with counts instead of going unnoticed.
+#[derive(Debug)]
+pub struct OverflowWatch {
+    file: std::fs::File,
+    queue: u16,
+    last: QueueStats,
+}
+
+impl OverflowWatch {
+    /// Watches queue `queue` through `file` (`/proc/net/netfilter/nfnetlink_queue`).
+    pub fn new(file: std::fs::File, queue: u16) -> OverflowWatch {
+        let mut watch = OverflowWatch {
+            file,
+            queue,
+            last: QueueStats::default(),
+        };
+        watch.last = watch.read().unwrap_or_default();
+        watch
+    }
+
+    fn read(&mut self) -> Option<QueueStats> {
+        use std::io::{Read, Seek, SeekFrom};
+        self.file.seek(SeekFrom::Start(0)).ok()?;
+        let mut text = String::new();
+        self.file.read_to_string(&mut text).ok()?;
+        parse_queue_stats(&text, self.queue)
+    }
+
+    /// A warning line if the counters grew since the last call.
+    pub fn check(&mut self) -> Option<String> {
+        let now = self.read()?;
+        let grew = |new: u64, old: u64| new.saturating_sub(old);
+        let (full, buffer) = (
+            grew(now.dropped, self.last.dropped),
+            grew(now.user_dropped, self.last.user_dropped),
+        );
+        self.last = now;
+        (full + buffer > 0).then(|| {
+            format!(
+                "nfqueue {}: {} packets passed unseen since the last check ({full} with the \
+                 queue full, {buffer} with the socket buffer full; totals {} and {}); the \
+                 engine recovers from the gaps they leave, but holes announced in them are \
+                 missed: raise the queue length or find what floods the queue",
+                self.queue,
+                full + buffer,
+                now.dropped,
+                now.user_dropped
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod overflow_tests {
+    use super::*;
+
+    /// The kernel's line format (nfnetlink_queue.c `seq_show`).
+    #[test]
+    fn queue_counters_are_read_from_the_kernels_line() {
+        let text = "10003   1234     0 2 65535     0     0       17  1\n\
+                    10004   5678     3 2 65535    42     7     9001  1\n";
+        assert_eq!(
+            parse_queue_stats(text, 10004),
+            Some(QueueStats {
+                dropped: 42,
+                user_dropped: 7
+            })
+        );
+        assert_eq!(parse_queue_stats(text, 1), None);
+        assert_eq!(parse_queue_stats("garbage\n", 10004), None);
+    }
+
+    #[test]
+    fn growth_is_reported_once_with_counts() {
+        let path = std::env::temp_dir().join(format!("f6p-nfq-{}", std::process::id()));
+        std::fs::write(&path, "10004 1 0 2 65535 5 0 1 1\n").unwrap();
+        let mut watch = OverflowWatch::new(std::fs::File::open(&path).unwrap(), 10004);
+        assert_eq!(watch.check(), None, "nothing new since it started");
+        std::fs::write(&path, "10004 1 0 2 65535 9 2 1 1\n").unwrap();
+        let line = watch.check().unwrap();
+        assert!(line.contains("6 packets passed unseen"), "{line}");
+        assert!(
+            line.contains("4 with the queue full, 2 with the socket buffer full"),
+            "{line}"
+        );
+        assert_eq!(watch.check(), None);
+        let _ = std::fs::remove_file(path);
+    }
+}

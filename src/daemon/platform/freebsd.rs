@@ -64,3 +64,13 @@ pub fn sandbox() -> anyhow::Result<()> {
 pub fn intercept_name() -> &'static str {
     "divert"
 }
+
+/// divert(4) keeps no per-socket drop counter (a full receive buffer only sets
+/// `so_rerror` in `divert_packet`, sys/netinet/ip_divert.c; `net.inet.divert.stats`
+/// counts diverted, noport, outbound and inbound packets): nothing to watch.
+pub fn overflow_watch(
+    _settings: &Settings,
+    _target: Option<&Target>,
+) -> Option<crate::intercept::OverflowWatch> {
+    None
+}

@@ -61,3 +61,23 @@ pub fn sandbox() -> anyhow::Result<()> {
 pub fn intercept_name() -> &'static str {
     "nfqueue"
 }
+
+/// The NFQUEUE's drop counters (`/proc/net/netfilter/nfnetlink_queue`), opened in the
+/// namespace of `-j` so the monitor on the host reads that namespace's queues.
+pub fn overflow_watch(
+    settings: &Settings,
+    target: Option<&Target>,
+) -> Option<crate::intercept::OverflowWatch> {
+    let open = || std::fs::File::open("/proc/net/netfilter/nfnetlink_queue");
+    match in_target(target, open) {
+        Ok(Ok(file)) => Some(crate::intercept::OverflowWatch::new(file, settings.port)),
+        Ok(Err(e)) => {
+            log::warn!("cannot watch NFQUEUE drops (/proc/net/netfilter/nfnetlink_queue): {e}");
+            None
+        }
+        Err(e) => {
+            log::warn!("cannot watch NFQUEUE drops: {e:#}");
+            None
+        }
+    }
+}
