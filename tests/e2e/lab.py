@@ -26,6 +26,9 @@ SET = {6: "ftp6proxy6", 4: "ftp6proxy4"}
 TABLE = ("inet", "filter")
 QUEUE = 10004
 VSFTPD, PYFTPD, HOSTILE = 21, 2121, 2122
+FTPS = 2123                       # ftps_ccc_server.py: explicit FTPS with CCC
+FTPS_ROOT = STATE / "srv" / "ftps"
+FTPS_CERT = STATE / "tls" / "cert.pem"  # self-signed, for SERVER's addresses
 PROBE_PORT = 50999                # plain listener in the server namespace
 THIRD_PORTS = range(50500, 50510) # recorder ports on the third-party host
 SERVER_ROOT = {VSFTPD: STATE / "srv" / "ftp", PYFTPD: STATE / "srv" / "py"}
@@ -326,7 +329,7 @@ def daemon_binary():
 
 def daemon_argv(timeout_s=2):
     return [str(daemon_binary()), "-d", "-d", "-j", GW_NS, "--firewall", "nft",
-            "--ftp-ports", "21,2121,2122", "-p", str(QUEUE), "-t", str(timeout_s)]
+            "--ftp-ports", f"21,2121,2122,{FTPS}", "-p", str(QUEUE), "-t", str(timeout_s)]
 
 
 class Daemon:

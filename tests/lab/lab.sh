@@ -7,7 +7,8 @@
 #               2001:db8:2::1 198.51.100.1 (server)    |  holes = @ftp6proxy6 / @ftp6proxy4
 #               2001:db8:3::1 203.0.113.1  (third)     |
 #   f6p-server  2001:db8:2::21/64 198.51.100.21/24  --+  vsftpd :21, pyftpdlib :2121,
-#                                                        hostile :2122, probe listener :50999
+#                                                        hostile :2122, probe listener :50999,
+#                                                        FTPS with CCC :2123
 #   f6p-third   2001:db8:3::99/64 203.0.113.99/24        recorder on 50500-50509
 #
 # Usage: lab.sh up | down | status | exec NS CMD...   (as root; NS may omit the f6p- prefix)
@@ -21,7 +22,10 @@ QUEUE=10004
 FTP_PORTS=21,2121,2122
 RECORDER_PORTS=(50500 50501 50502 50503 50504 50505 50506 50507 50508 50509)
 PROBE_PORT=50999
-SERVICES=(vsftpd pyftpd hostile third probe)
+SERVICES=(vsftpd pyftpd hostile third probe ftps)
+# ftps_ccc_server.py: explicit FTPS with CCC, passive ports 50700-50799, a self-signed
+# certificate for the server's documentation addresses made at `up`.
+FTPS_PORT=2123
 
 say() { echo "lab: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -73,7 +77,7 @@ down() {
         ip netns del "$ns" 2>/dev/null || true
     done
     # Server files and logs live in $STATE; keep the logs of the last run for post-mortems.
-    rm -rf "$STATE/srv" "$STATE/empty"
+    rm -rf "$STATE/srv" "$STATE/empty" "$STATE/tls"
 }
 
 # ---------------------------------------------------------------- up
@@ -117,6 +121,7 @@ table inet filter {
         icmp type { echo-request, echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept
         icmpv6 type { echo-request, echo-reply, destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept
         tcp dport { 21, 2121, 2122 } ct state new accept
+        tcp dport $FTPS_PORT ct state new accept
         ip6 saddr . ip6 daddr . tcp dport @ftp6proxy6 ct state new accept
         ip saddr . ip daddr . tcp dport @ftp6proxy4 ct state new accept
         counter name f6p_dropped drop
@@ -130,6 +135,10 @@ NFT
     for ipt in iptables ip6tables; do
         for dir in --dports --sports; do
             nsx f6p-gw "$ipt" -t mangle -A FORWARD -p tcp -m multiport "$dir" "$FTP_PORTS" \
+                -j NFQUEUE --queue-num "$QUEUE" --queue-bypass
+        done
+        for dir in --dport --sport; do
+            nsx f6p-gw "$ipt" -t mangle -A FORWARD -p tcp "$dir" "$FTPS_PORT" \
                 -j NFQUEUE --queue-num "$QUEUE" --queue-bypass
         done
     done
@@ -155,6 +164,20 @@ server_files() {
     echo "$ftpuser" >"$STATE/ftpuser"
     chown "$ftpuser" "$srv/ftp/incoming"
     chmod 777 "$srv/py/incoming"
+}
+
+ftps_files() { # the FTPS server's files and its throwaway certificate
+    local srv=$STATE/srv/ftps tls=$STATE/tls
+    mkdir -p "$srv/incoming" "$tls"
+    head -c $((4 * 1024 * 1024)) /dev/urandom >"$srv/ccc.bin"
+    echo "hello from the ftp6proxy lab's FTPS server" >"$srv/hello.txt"
+    sha256sum "$srv/ccc.bin" | cut -d' ' -f1 >"$STATE/ftps-ccc.bin.sha256"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+        -subj "/CN=ftps.example.net" \
+        -addext "subjectAltName=DNS:ftps.example.net,IP:2001:db8:2::21,IP:198.51.100.21" \
+        -keyout "$tls/key.pem" -out "$tls/cert.pem" 2>"$tls/openssl.log" ||
+        die "openssl req failed: $(cat "$tls/openssl.log")"
+    chmod 600 "$tls/key.pem"
 }
 
 vsftpd_conf() {
@@ -235,6 +258,7 @@ up() {
     firewall
 
     server_files
+    ftps_files
     vsftpd_conf
     : >"$STATE/third-connections.log"
     : >"$STATE/probe-connections.log"
@@ -243,7 +267,9 @@ up() {
     start_bg hostile f6p-server "$py" -u "$HERE/hostile_server.py" 2122
     start_bg probe f6p-server "$py" "$HERE/recorder.py" "$STATE/probe-connections.log" "$PROBE_PORT"
     start_bg third f6p-third "$py" "$HERE/recorder.py" "$STATE/third-connections.log" "${RECORDER_PORTS[@]}"
-    wait_listen f6p-server 21 2121 2122 "$PROBE_PORT"
+    start_bg ftps f6p-server "$py" -u "$HERE/ftps_ccc_server.py" --root "$STATE/srv/ftps" \
+        --cert "$STATE/tls/cert.pem" --key "$STATE/tls/key.pem" --port "$FTPS_PORT"
+    wait_listen f6p-server 21 2121 2122 "$PROBE_PORT" "$FTPS_PORT"
     wait_listen f6p-third "${RECORDER_PORTS[@]}"
     say "up (state in $STATE)"
 }
