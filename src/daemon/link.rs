@@ -36,16 +36,7 @@ pub const LINK_BUFFER: usize = 256 * 1024;
 /// When the socketpair cannot be created. A buffer the kernel will not enlarge is not an
 /// error: the link still works, and an oversized message is then [`Sent::TooBig`].
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (a, b) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
-    for end in [&a, &b] {
-        size_buffers(end, LINK_BUFFER);
-    }
-    Ok((a, b))
+    sized_pair(SockType::SeqPacket)
 }
 
 /// A connected pair of `SOCK_DGRAM` sockets (close-on-exec), sized like
@@ -54,12 +45,11 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// # Errors
 /// When the socketpair cannot be created.
 pub fn datagram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (a, b) = socketpair(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
+    sized_pair(SockType::Datagram)
+}
+
+fn sized_pair(kind: SockType) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC)?;
     for end in [&a, &b] {
         size_buffers(end, LINK_BUFFER);
     }

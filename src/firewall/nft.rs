@@ -881,28 +881,9 @@ impl Nft {
         }
     }
 
-    /// Counts the elements of `set` with a GETSETELEM dump.
+    /// Counts the elements of `set`.
     fn count_elems(&mut self, set: &str) -> Result<usize, Error> {
-        let seq = self.seqs(1);
-        let bytes = build_dump_elems(&self.cfg, seq, set);
-        let mut count = 0;
-        let newsetelem = nfnl_type(NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWSETELEM);
-        let answers = self.talk(
-            &bytes,
-            &[seq],
-            None,
-            |msg| {
-                if msg.ty == newsetelem {
-                    count += count_elems_msg(msg.payload)?;
-                }
-                Ok(())
-            },
-            &format!("list nftables set {set}"),
-        )?;
-        match answers.first_error() {
-            None => Ok(count),
-            Some((_, errno)) => Err(kernel_error(&format!("list nftables set {set}"), errno)),
-        }
+        Ok(self.list_elems(set)?.len())
     }
 }
 

@@ -182,6 +182,18 @@ impl Conn {
     }
 }
 
+/// Streams resumed where a record left them: synchronised at a kept line boundary, or
+/// unseen (joined as after a gap) where none was kept.
+fn resumed_streams(resume: [Option<u32>; 2]) -> [LineAssembler; 2] {
+    resume.map(|at| {
+        let mut stream = LineAssembler::new();
+        if let Some(seq) = at {
+            stream.resume_at(seq);
+        }
+        stream
+    })
+}
+
 /// What is kept of an evicted connection: enough to resume it exactly.
 #[derive(Debug)]
 struct Grave {
@@ -275,12 +287,7 @@ impl ConnTable {
         }
         let (id, start, conn) = match grave {
             Some(grave) if !syn => {
-                let mut streams = [LineAssembler::new(), LineAssembler::new()];
-                for (stream, resume) in streams.iter_mut().zip(grave.resume) {
-                    if let Some(seq) = resume {
-                        stream.resume_at(seq);
-                    }
-                }
+                let streams = resumed_streams(grave.resume);
                 let mut session = grave.session;
                 if grave.resume[Dir::ToClient.index()].is_none() {
                     // The server's stream was mid-line: what is lost of that line is a gap.
@@ -396,12 +403,7 @@ impl ConnTable {
             if self.conns.contains_key(&key) || self.conns.len() >= self.max {
                 continue;
             }
-            let mut streams = [LineAssembler::new(), LineAssembler::new()];
-            for (stream, resume) in streams.iter_mut().zip(record.resume) {
-                if let Some(seq) = resume {
-                    stream.resume_at(seq);
-                }
-            }
+            let streams = resumed_streams(record.resume);
             let mut session = Session::from_record(&record.session);
             if record.resume[Dir::ToClient.index()].is_none() {
                 session.resync(Dir::ToClient);

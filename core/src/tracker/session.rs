@@ -239,18 +239,9 @@ impl Session {
             Ok(Command::Port(addr)) => (Outstanding::Other, announce(Source::Port, addr)),
             Ok(Command::Eprt(addr)) => (Outstanding::Other, announce(Source::Eprt, addr)),
             Ok(Command::Lprt(addr)) => (Outstanding::Other, announce(Source::Lprt, addr)),
-            Ok(Command::Pasv) => (
-                Outstanding::Passive(PassiveRequest::Pasv),
-                LineMeaning::Nothing,
-            ),
-            Ok(Command::Lpsv) => (
-                Outstanding::Passive(PassiveRequest::Lpsv),
-                LineMeaning::Nothing,
-            ),
-            Ok(Command::Epsv) => (
-                Outstanding::Passive(PassiveRequest::Epsv),
-                LineMeaning::Nothing,
-            ),
+            Ok(command @ (Command::Pasv | Command::Lpsv | Command::Epsv)) => {
+                (passive_request(&command), LineMeaning::Nothing)
+            }
             Ok(Command::Auth) => (Outstanding::Auth, LineMeaning::Nothing),
             Ok(Command::EpsvAll | Command::Other) => (Outstanding::Other, LineMeaning::Nothing),
             Err(error) => (
@@ -272,18 +263,9 @@ impl Session {
     /// server, which it sends only to a real passive command.
     pub fn client_fragment(&mut self, line: &[u8], end_seq: u32) -> LineMeaning {
         let (outstanding, meaning) = match ftp::parse_command(line) {
-            Ok(Command::Pasv) => (
-                Outstanding::Passive(PassiveRequest::Pasv),
-                LineMeaning::Nothing,
-            ),
-            Ok(Command::Lpsv) => (
-                Outstanding::Passive(PassiveRequest::Lpsv),
-                LineMeaning::Nothing,
-            ),
-            Ok(Command::Epsv) => (
-                Outstanding::Passive(PassiveRequest::Epsv),
-                LineMeaning::Nothing,
-            ),
+            Ok(command @ (Command::Pasv | Command::Lpsv | Command::Epsv)) => {
+                (passive_request(&command), LineMeaning::Nothing)
+            }
             Ok(Command::Port(_) | Command::Eprt(_) | Command::Lprt(_)) => {
                 (Outstanding::Other, LineMeaning::Deny(Deny::MidLine))
             }
@@ -404,6 +386,16 @@ impl Session {
                 error,
             },
         }
+    }
+}
+
+/// What a passive command leaves outstanding (anything else: a plain command).
+fn passive_request(command: &Command) -> Outstanding {
+    match command {
+        Command::Pasv => Outstanding::Passive(PassiveRequest::Pasv),
+        Command::Lpsv => Outstanding::Passive(PassiveRequest::Lpsv),
+        Command::Epsv => Outstanding::Passive(PassiveRequest::Epsv),
+        _ => Outstanding::Other,
     }
 }
 
