@@ -117,6 +117,9 @@ pub struct Args {
     /// Check the configuration, firewall and permissions, print what would be done, and exit
     #[arg(long)]
     pub check: bool,
+    /// Replay a pcap/pcapng capture through the engine (with -t, -b, -c, --ftp-ports): print every hole, refusal and data connection, exit 1 if one would be blocked
+    #[arg(long, value_name = "file", conflicts_with = "check")]
+    pub replay: Option<PathBuf>,
 }
 
 /// A syslog facility, as its syslog(3) code.
@@ -204,6 +207,8 @@ pub struct Settings {
     pub ipfw_allow_state_loss: bool,
     /// `--check`.
     pub check: bool,
+    /// `--replay`: the capture to replay instead of running the daemon.
+    pub replay: Option<PathBuf>,
 }
 
 /// A command-line value that is out of range; the message names the option.
@@ -365,6 +370,7 @@ impl Args {
             nft_table,
             ipfw_allow_state_loss: self.ipfw_allow_state_loss,
             check: self.check,
+            replay: self.replay,
         })
     }
 }
@@ -588,6 +594,21 @@ mod tests {
             panic!("-V prints version")
         };
         assert!(version.starts_with("ftp6proxy "));
+    }
+
+    #[test]
+    fn replay_takes_a_file_and_not_check() {
+        let s = settings(&["--replay", "x.pcap", "-t", "5", "--ftp-ports", "2121"]);
+        assert_eq!(s.replay, Some(PathBuf::from("x.pcap")));
+        assert_eq!(s.engine.ttl, Duration::from_secs(5));
+        assert!(settings(&[]).replay.is_none());
+        let line = usage_error(&["--replay", "x.pcap", "--check"]);
+        assert!(line.contains("--check"), "{line}");
+        assert!(usage_error(&["--replay"]).contains("--replay"));
+        let Parsed::Print(help) = run(&["-h"]) else {
+            panic!("-h prints help")
+        };
+        assert!(help.contains("--replay <file>"), "{help}");
     }
 
     #[test]

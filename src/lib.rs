@@ -11,3 +11,4 @@ pub mod intercept;
 pub mod jail;
 #[cfg(target_os = "linux")]
 pub mod netlink;
+pub mod replay;

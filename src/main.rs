@@ -1,5 +1,5 @@
 //! `ftp6proxy`: parse the command line, run the daemon, map the outcome to an exit status
-//! (0 ok, 1 failure, 64 usage — sysexits(3)).
+//! (0 ok, 1 failure, 64 usage — sysexits(3); `--replay` has its own, see `replay`).
 
 use ftp6proxy::cli::{self, Foreground, Parsed, EX_USAGE};
 
@@ -15,6 +15,9 @@ fn main() {
             std::process::exit(EX_USAGE);
         }
     };
+    if let Some(capture) = &settings.replay {
+        std::process::exit(ftp6proxy::replay::main(capture, &settings));
+    }
     match ftp6proxy::daemon::run(&settings) {
         Ok(code) => std::process::exit(code),
         Err(error) => {
