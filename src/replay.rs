@@ -473,12 +473,12 @@ impl<'o, W: Write> Replay<'o, W> {
                 self.offloaded += 1;
             }
             let now = self.origin + at;
-            let outcome = self.engine.on_packet_with(now, ip, checksum);
+            let outcome = self.engine.on_packet_with_checksum(now, ip, checksum);
             for action in &outcome.actions {
                 if let Some(old) = self.firewall.apply(at, action) {
                     self.retired(at, &old)?;
                 }
-                self.engine.hole_result(now, action, true);
+                self.engine.action_done(action.handle());
             }
             self.events(at)?;
         } else {
@@ -506,7 +506,7 @@ impl<'o, W: Write> Replay<'o, W> {
                 if let Some(old) = self.firewall.apply(offset, &action) {
                     self.retired(offset, &old)?;
                 }
-                self.engine.hole_result(when, &action, true);
+                self.engine.action_done(action.handle());
             }
             self.events(offset)?;
             self.last_tick = when;

@@ -82,6 +82,10 @@ impl fmt::Display for HoleSpec {
 }
 
 /// What the firewall backend must do. The daemon applies actions in order.
+/// Names one action the engine returned, for reporting its outcome; opaque to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionHandle(pub(crate) FwAction);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FwAction {
     /// Install the hole in `slot`. The packet that caused it waits for the confirmation.
@@ -114,6 +118,13 @@ pub enum FwAction {
 
 impl FwAction {
     /// The slot the action is about.
+    /// The handle the caller gives back to the engine once the firewall has applied (or
+    /// refused) this action: [`Engine::action_done`](crate::Engine::action_done) /
+    /// [`Engine::action_failed`](crate::Engine::action_failed).
+    pub fn handle(&self) -> ActionHandle {
+        ActionHandle(*self)
+    }
+
     pub fn slot(&self) -> Slot {
         match *self {
             FwAction::Open { slot, .. }

@@ -22,7 +22,7 @@ pub mod wire;
 use std::net::IpAddr;
 
 pub use engine::{Config, Counters, Engine, Event, Outcome};
-pub use holes::{FwAction, HoleSpec, Mode, Slot};
+pub use holes::{ActionHandle, FwAction, HoleSpec, Mode, Slot};
 
 /// Address family of a packet, a connection or a hole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

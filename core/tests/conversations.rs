@@ -641,7 +641,7 @@ fn firewall_failure_frees_the_slot_and_is_logged() {
     let [action] = outcome.actions[..] else {
         panic!("one action")
     };
-    h.engine.hole_result(h.now, &action, false);
+    h.engine.action_failed(action.handle());
     h.drain_events();
     assert_eq!(h.engine.open_holes(), 0);
     assert_eq!(h.engine.counters().holes_failed, 1);

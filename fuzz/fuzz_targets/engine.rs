@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_ne!(spec.src, spec.dst);
                 assert!(spec.dport >= 1024);
             }
-            engine.hole_result(now, action, true);
+            engine.action_done(action.handle());
         }
         assert!(engine.open_holes() <= 8);
         now += Duration::from_millis(u64::from(kind & 0x3f) * 50);

@@ -262,11 +262,17 @@ pub fn run(
                     checksum,
                     bytes,
                 }) => {
-                    let outcome = engine.on_packet_with(now, bytes, checksum);
+                    let outcome = engine.on_packet_with_checksum(now, bytes, checksum);
                     tell_actions(worker, Some(id), outcome.actions)?;
                     tell(worker, ToWorker::Done { packet: id })?;
                 }
-                Ok(ToParser::Answer { action, ok }) => engine.hole_result(now, &action, ok),
+                Ok(ToParser::Answer { action, ok }) => {
+                    if ok {
+                        engine.action_done(action.handle());
+                    } else {
+                        engine.action_failed(action.handle());
+                    }
+                }
                 Ok(ToParser::Status) => log::info!("{}", engine.status()),
                 Ok(ToParser::Shutdown) => {
                     // No hole is closed here: the monitor lets each live to its deadline

@@ -4,8 +4,8 @@
 //! It performs no I/O and reads no clock: every input carries `now` (monotonic), every
 //! output is a value. Methods fall into four groups, as in quinn-proto:
 //!
-//! - inputs: [`Engine::on_packet`] for each intercepted packet, [`Engine::hole_result`] when
-//!   the firewall confirmed or refused an action, [`Engine::tick`] when the timer fires;
+//! - inputs: [`Engine::on_packet`] for each intercepted packet, [`Engine::action_done`] / [`Engine::action_failed`]
+//!   when the firewall confirmed or refused an action, [`Engine::tick`] when the timer fires;
 //! - commands: [`Engine::shutdown`];
 //! - outputs the caller must act on: the [`Outcome`] of `on_packet` (firewall actions to apply
 //!   **before** the packet is passed on), the actions `tick` and `shutdown` return, and
@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::holes::{FwAction, HoleSpec, HoleTable, Opened};
+use crate::holes::{ActionHandle, FwAction, HoleSpec, HoleTable, Opened};
 use crate::limiter::{Admit, RateLimiter};
 use crate::policy::{self, Deny};
 use crate::tracker::{
@@ -200,12 +200,17 @@ impl Engine {
 
     /// Reads one intercepted packet (starting at the IP header), verifying its checksum.
     pub fn on_packet(&mut self, now: Instant, packet: &[u8]) -> Outcome {
-        self.on_packet_with(now, packet, Checksum::Verify)
+        self.on_packet_with_checksum(now, packet, Checksum::Verify)
     }
 
     /// Reads one intercepted packet. The caller passes it on, unchanged, after applying the
     /// outcome's actions (and waiting for those that need confirmation).
-    pub fn on_packet_with(&mut self, now: Instant, packet: &[u8], checksum: Checksum) -> Outcome {
+    pub fn on_packet_with_checksum(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        checksum: Checksum,
+    ) -> Outcome {
         let mut outcome = Outcome::default();
         self.counters.packets += 1;
         let segment = match wire::parse(packet) {
@@ -554,37 +559,33 @@ impl Engine {
         Ok(taken.len())
     }
 
-    /// The firewall's answer to an action returned earlier. `installed` is `false` when
-    /// the firewall refused it. (`_now` keeps the input signature uniform; nothing here
-    /// depends on time yet.)
-    pub fn hole_result(&mut self, _now: Instant, action: &FwAction, installed: bool) {
+    /// Input: the firewall applied the action `handle` names.
+    pub fn action_done(&mut self, handle: ActionHandle) {
+        let FwAction::Open { slot, spec, ttl } = handle.0 else {
+            return;
+        };
+        let conn = self.holes.owner(slot).map_or(ConnId(0), |(_, c)| c);
+        self.events.push_back(Event::HoleOpen {
+            conn,
+            slot,
+            spec,
+            ttl,
+        });
+    }
+
+    /// Input: the firewall refused the action `handle` names. A refused open or refresh
+    /// frees its slot (the packet was passed on anyway, invariant 1).
+    pub fn action_failed(&mut self, handle: ActionHandle) {
+        let action = handle.0;
         let slot = action.slot();
         let spec = *action.spec();
         let conn = self.holes.owner(slot).map_or(ConnId(0), |(_, c)| c);
-        match (action, installed) {
-            (FwAction::Open { ttl, .. }, true) => {
-                self.events.push_back(Event::HoleOpen {
-                    conn,
-                    slot,
-                    spec,
-                    ttl: *ttl,
-                });
-            }
-            (FwAction::Open { .. } | FwAction::Refresh { .. }, false) => {
-                self.counters.holes_failed += 1;
-                if self.holes.get(slot) == Some(&spec) {
-                    self.holes.forget(slot);
-                }
-                self.events
-                    .push_back(Event::HoleFailed { conn, slot, spec });
-            }
-            (FwAction::Close { .. }, false) => {
-                self.counters.holes_failed += 1;
-                self.events
-                    .push_back(Event::HoleFailed { conn, slot, spec });
-            }
-            (FwAction::Refresh { .. } | FwAction::Close { .. }, true) => {}
+        self.counters.holes_failed += 1;
+        if !matches!(action, FwAction::Close { .. }) && self.holes.get(slot) == Some(&spec) {
+            self.holes.forget(slot);
         }
+        self.events
+            .push_back(Event::HoleFailed { conn, slot, spec });
     }
 
     /// Timer input: closes holes past their deadline and forgets idle connections.

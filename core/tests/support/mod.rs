@@ -127,7 +127,9 @@ impl Harness {
     }
 
     pub fn feed_with(&mut self, bytes: &[u8], checksum: Checksum) -> Outcome {
-        let outcome = self.engine.on_packet_with(self.now, bytes, checksum);
+        let outcome = self
+            .engine
+            .on_packet_with_checksum(self.now, bytes, checksum);
         self.apply(&outcome.actions);
         outcome
     }
@@ -157,7 +159,7 @@ impl Harness {
                 }
             }
             self.applied.push(*action);
-            self.engine.hole_result(self.now, action, true);
+            self.engine.action_done(action.handle());
         }
         self.drain_events();
     }
