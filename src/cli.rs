@@ -111,6 +111,12 @@ pub struct Args {
     /// Comma-separated TCP ports of FTP servers; the side using one is the server
     #[arg(long = "ftp-ports", value_name = "list", default_value = "21")]
     pub ftp_ports: String,
+    /// Control connections followed at once; past this the least useful are evicted (and resume if they return)
+    #[arg(long = "max-connections", value_name = "n", default_value = "16384")]
+    pub max_connections: String,
+    /// Seconds a silent control connection is followed (it is silent during a long transfer)
+    #[arg(long = "idle-timeout", value_name = "seconds", default_value = "7200")]
+    pub idle_timeout: String,
     /// ipfw: start even if net.inet.ip.fw.dyn_keep_states=0 (closing a hole then cuts its transfer)
     #[arg(long = "ipfw-allow-state-loss")]
     pub ipfw_allow_state_loss: bool,
@@ -348,6 +354,26 @@ impl Args {
             u16::try_from(base).expect("checked above"),
             u16::try_from(count).expect("checked above"),
         );
+        let max_connections: usize = number(
+            "--max-connections",
+            &self.max_connections,
+            "must be 16..1048576 connections",
+        )?;
+        if !(16..=1_048_576).contains(&max_connections) {
+            return Err(usage(format!(
+                "--max-connections {max_connections}: must be 16..1048576 connections"
+            )));
+        }
+        let idle: u64 = number(
+            "--idle-timeout",
+            &self.idle_timeout,
+            "must be 60..604800 seconds",
+        )?;
+        if !(60..=604_800).contains(&idle) {
+            return Err(usage(format!(
+                "--idle-timeout {idle}: must be 60..604800 seconds"
+            )));
+        }
         Ok(Settings {
             engine: ftp6proxy_core::Config {
                 ftp_ports,
@@ -355,7 +381,8 @@ impl Args {
                 count,
                 ttl: Duration::from_secs(timeout),
                 log_lines: foreground == Foreground::Debug,
-                ..ftp6proxy_core::Config::default()
+                max_connections,
+                idle_timeout: Duration::from_secs(idle),
             },
             foreground,
             facility,
@@ -517,6 +544,19 @@ mod tests {
             usage_error(&["-c", "0"]),
             "ftp6proxy: -c 0: count must be at least 1"
         );
+    }
+
+    #[test]
+    fn connection_table_size_and_idle_timeout_are_settable_and_bounded() {
+        let s = settings(&[]);
+        assert_eq!(s.engine.max_connections, 16384);
+        assert_eq!(s.engine.idle_timeout, Duration::from_secs(7200));
+        let s = settings(&["--max-connections", "100000", "--idle-timeout", "600"]);
+        assert_eq!(s.engine.max_connections, 100_000);
+        assert_eq!(s.engine.idle_timeout, Duration::from_secs(600));
+        assert!(usage_error(&["--max-connections", "8"]).contains("--max-connections"));
+        assert!(usage_error(&["--idle-timeout", "10"]).contains("--idle-timeout"));
+        assert!(usage_error(&["--max-connections", "many"]).contains("--max-connections"));
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Default for Config {
             base: 64000,
             count: 100,
             ttl: Duration::from_secs(2),
-            max_connections: 4096,
+            max_connections: 16384,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             log_lines: false,
         }
