@@ -310,3 +310,30 @@ def test_restarts_under_load_lose_no_transfer(tmp_path):
     assert len(transfers) >= 24, f"only {len(transfers)} transfers ran"
     assert failures == [], f"{len(failures)} of {len(transfers)} transfers failed: {failures[:3]}"
     assert lab.wait_until(lambda: lab.all_elements() == set(), 2 + 5)
+
+
+def test_evicted_connection_resumes_and_its_next_epsv_is_helped(tmp_path):
+    """Invariant 9 end to end: with a table of 16, seventeen more control connections
+    evict the first one (and one more); when it speaks again it resumes from its record
+    (records are kept for a quarter of the table), and its next EPSV gets its hole
+    (joined mid-stream, it would not)."""
+    assert lab.wait_until(lambda: lab.all_elements() == set(), 2 + 5)
+    proc = start(tmp_path, "-d", "-d", "--max-connections", "16")
+    c, s = lab.CLIENT[6], lab.SERVER[6]
+    others = []
+    try:
+        with lab.Bridge(6, lab.VSFTPD) as first:
+            first.login()
+            for _ in range(17):
+                b = lab.Bridge(4, lab.PYFTPD)
+                others.append(b)
+                b.login()
+            log = (tmp_path / "daemon.log").read_text()
+            assert "connection table full (16): evicted" in log, log[-2000:]
+            port = lab.parse_229(first.cmd("EPSV"))
+            assert lab.set_elements(6) == {(c, s, port)}, "the evicted connection's EPSV"
+            assert " resumed" in (tmp_path / "daemon.log").read_text()
+    finally:
+        for b in others:
+            b.close()
+        stop(proc)
