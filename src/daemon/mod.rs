@@ -21,7 +21,7 @@ pub mod worker;
 
 mod platform;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 use anyhow::Context;
 use ftp6proxy_core::Engine;
@@ -183,10 +183,13 @@ fn run_worker(
             };
             std::process::exit(code);
         }
-        ForkResult::Parent { child } => child,
+        ForkResult::Parent { child } => {
+            // Only the parser writes the hand-over.
+            drop(handover);
+            child
+        }
     };
-    // Only the parser writes the hand-over.
-    drop((parser_end, handover));
+    drop(parser_end);
     // Messages queue in the worker when a peer is busy; the loop never blocks on one.
     for socket in [&monitor, &parser_link] {
         link::set_nonblocking(socket)?;
@@ -200,10 +203,61 @@ fn run_worker(
     } else {
         chroot_only(settings)?;
     }
-    let exit = Worker::new(intercept, monitor, parser_link, signals).run();
-    // The parser exits once its socket closes (or after Closed); collect it.
-    let _ = nix::sys::wait::waitpid(parser, None);
-    exit
+    let foreground = settings.foreground;
+    let engine = settings.engine.clone();
+    let respawn: worker::SpawnParser =
+        Box::new(move |closes| respawn_parser(foreground, &engine, closes));
+    Worker::new(intercept, monitor, parser_link, signals)
+        .with_respawn(respawn, parser)
+        .run()
+}
+
+/// A new parser for one that died, forked from the worker, which has already dropped its
+/// user and root: the child closes the worker's descriptors, gives up the capability the
+/// worker kept, and enters the sandbox, then starts with an empty engine (every connection
+/// is joined mid-stream; no hand-over).
+fn respawn_parser(
+    foreground: Foreground,
+    engine: &ftp6proxy_core::Config,
+    closes: &[RawFd],
+) -> anyhow::Result<(OwnedFd, nix::unistd::Pid)> {
+    let (parser_link, parser_end) = link::seqpacket_pair().context("socketpair for the parser")?;
+    // SAFETY: the worker is single-threaded; the child only continues with its own code.
+    match unsafe { fork() }.context("fork a new parser")? {
+        ForkResult::Child => {
+            for &fd in closes {
+                // SAFETY: these are the worker's descriptors, which this child never uses.
+                unsafe { libc::close(fd) };
+            }
+            drop(parser_link);
+            logging::forward_as(logging::Process::Parser);
+            let confined = signals::ignore_all()
+                .context("ignore signals in the parser")
+                .and_then(|()| {
+                    if foreground == Foreground::Debug {
+                        Ok(())
+                    } else {
+                        privdrop::shed_all().and_then(|()| platform::sandbox())
+                    }
+                });
+            let code = match confined.and_then(|()| {
+                parser::run(Engine::new(engine.clone()), &parser_end, None)
+                    .context("link to the worker")
+            }) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::error!("parser: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => {
+            drop(parser_end);
+            link::set_nonblocking(&parser_link)?;
+            Ok((parser_link, child))
+        }
+    }
 }
 
 /// The parser: ignores signals (the worker tells it when to stop), confines itself as far

@@ -35,6 +35,11 @@ pub struct Links {
     pub overflow: Option<crate::intercept::OverflowWatch>,
 }
 
+/// How long after its deadline a hole is closed by the monitor itself: the parser closes
+/// holes at their deadlines; one that stays open longer lost its parser (a crash, then a
+/// fresh parser that knows nothing of it). Invariant 6: none stays forever.
+const OVERDUE_GRACE: Duration = Duration::from_secs(2);
+
 /// How often the intercept's drop counters are looked at.
 const OVERFLOW_CHECK: Duration = Duration::from_secs(5);
 
@@ -69,10 +74,17 @@ pub fn run(
     let mut terminating: Option<Instant> = None;
     let mut buf = [0u8; REQUEST_LEN + 1];
     let worker_status = loop {
-        let timeout = match (terminating, &overflow) {
-            (Some(_), _) => PollTimeout::from(100u16),
-            (None, Some(_)) => PollTimeout::from(1000u16),
-            (None, None) => PollTimeout::NONE,
+        #[allow(clippy::disallowed_methods)]
+        let overdue_in = validator
+            .next_overdue(OVERDUE_GRACE)
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = match (terminating, &overflow, overdue_in) {
+            (Some(_), _, _) => PollTimeout::from(100u16),
+            (None, Some(_), _) => PollTimeout::from(1000u16),
+            (None, None, Some(left)) => {
+                PollTimeout::from(u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX))
+            }
+            (None, None, None) => PollTimeout::NONE,
         };
         let mut fds = [
             PollFd::new(socket.as_fd(), PollFlags::POLLIN),
@@ -126,6 +138,16 @@ pub fn run(
             {
                 log::warn!("{line}");
             }
+        }
+        for close in validator.overdue(now, OVERDUE_GRACE) {
+            log::warn!(
+                "slot {} outlived its deadline (its parser is gone): closing it",
+                close.slot()
+            );
+            if let Err(e) = firewall.apply(&close) {
+                log::error!("firewall: {e}");
+            }
+            validator.applied(&close, true);
         }
         // Serve every waiting request, then check on the worker.
         let mut worker_closed = false;

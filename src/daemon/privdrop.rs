@@ -141,6 +141,15 @@ mod caps {
     }
 }
 
+/// Gives up every capability left (a parser forked by the worker, which kept one). The
+/// user, group and root were dropped already.
+///
+/// # Errors
+/// When capset(2) or prctl(2) fails.
+pub fn shed_all() -> anyhow::Result<()> {
+    limit_capabilities(Keep::Nothing)
+}
+
 #[cfg(target_os = "linux")]
 fn keep_capabilities_across_setuid() -> anyhow::Result<()> {
     caps::keep_across_setuid()

@@ -77,9 +77,6 @@ pub enum Invalid {
     /// Occurs when a refresh or close names a slot the monitor did not open with that hole.
     #[error("slot {0} does not hold that hole")]
     NotOurs(u16),
-    /// Occurs when an open names a slot that is still in use.
-    #[error("slot {0} is in use")]
-    SlotBusy(u16),
 }
 
 fn put_addr(out: &mut [u8], addr: IpAddr) {
@@ -269,10 +266,11 @@ impl Validator {
             }
             FwAction::Close { .. } => {}
         }
+        // An open of a slot still in use replaces that hole (the Firewall trait's
+        // contract). The engine never reuses a busy slot; a parser started after a crash
+        // knows nothing of its predecessor's holes, and replacing one only ends it early
+        // (with nft the old element even lives on to its own timeout).
         match action {
-            FwAction::Open { .. } if self.opened.contains_key(&slot) => {
-                Err(Invalid::SlotBusy(slot.0))
-            }
             FwAction::Refresh { .. } | FwAction::Close { .. }
                 if self.opened.get(&slot).map(|(open, _)| open) != Some(spec) =>
             {
@@ -298,6 +296,23 @@ impl Validator {
             }
             _ => {}
         }
+    }
+
+    /// Holes still open `grace` after their deadline: the parser that should have closed
+    /// them is gone (a replaced parser starts with an empty hole table).
+    pub fn overdue(&self, now: Instant, grace: Duration) -> Vec<FwAction> {
+        self.open_holes()
+            .into_iter()
+            .filter(|(_, deadline)| *deadline + grace <= now)
+            .map(|(close, _)| close)
+            .collect()
+    }
+
+    /// When the next hole becomes overdue (see [`Validator::overdue`]).
+    pub fn next_overdue(&self, grace: Duration) -> Option<Instant> {
+        self.open_holes()
+            .first()
+            .map(|(_, deadline)| *deadline + grace)
     }
 
     /// Holes the monitor believes are open, each with the close it needs and its deadline,
@@ -414,7 +429,8 @@ mod tests {
         v.applied(&open(64000, spec6()), true);
         assert_eq!(
             v.check(&open(64000, spec4())),
-            Err(Invalid::SlotBusy(64000))
+            Ok(()),
+            "a busy slot may be opened again: it replaces the hole"
         );
         let wrong = FwAction::Close {
             slot: Slot(64000),

@@ -14,7 +14,7 @@
 //! path.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use ftp6proxy_core::engine::{Event as EngineEvent, Level};
@@ -63,6 +63,8 @@ struct Held<H> {
 struct InFlight {
     action: FwAction,
     packet: Option<u64>,
+    /// Asked for by a parser that has since died: its answer goes to nobody.
+    orphan: bool,
 }
 
 /// Why the loop ended.
@@ -95,11 +97,29 @@ pub struct Worker<I: Intercept> {
     passed_late: u64,
     /// Packets too large for the link to the parser: passed on unread.
     passed_unread: u64,
+    /// How to start a new parser when one dies (none: the worker exits instead).
+    respawn: Option<Respawn>,
 }
 
 /// A socket peer that has gone away.
 #[derive(Debug)]
 struct Gone;
+
+/// Starts a fresh parser process and returns the worker's end of its link (non-blocking)
+/// and its pid. The child closes the descriptors it is given (the worker's own).
+pub type SpawnParser = Box<dyn FnMut(&[RawFd]) -> anyhow::Result<(OwnedFd, nix::unistd::Pid)>>;
+
+/// Parser restarts allowed within [`CRASH_WINDOW`] before the daemon gives up.
+pub const MAX_RESTARTS: usize = 5;
+/// The window in which [`MAX_RESTARTS`] parser restarts mean a crash loop.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// How the worker replaces a dead parser.
+struct Respawn {
+    spawn: SpawnParser,
+    pid: Option<nix::unistd::Pid>,
+    restarts: VecDeque<Instant>,
+}
 
 impl<I: Intercept> Worker<I> {
     /// A worker around an opened intercept and its sockets to the monitor and the parser
@@ -119,7 +139,77 @@ impl<I: Intercept> Worker<I> {
             next_request: 0,
             passed_late: 0,
             passed_unread: 0,
+            respawn: None,
         }
+    }
+
+    /// Replaces a parser that dies with one from `spawn` (the current one is `pid`), up to
+    /// [`MAX_RESTARTS`] in [`CRASH_WINDOW`].
+    #[must_use]
+    pub fn with_respawn(mut self, spawn: SpawnParser, pid: nix::unistd::Pid) -> Self {
+        self.respawn = Some(Respawn {
+            spawn,
+            pid: Some(pid),
+            restarts: VecDeque::new(),
+        });
+        self
+    }
+
+    /// The parser died: collect it, pass what it held (its state is gone), and start a
+    /// fresh one, which joins every connection mid-stream. Errs when there is no way to
+    /// restart it, or on a crash loop.
+    fn replace_parser(&mut self, registry: &mio::Registry, now: Instant) -> anyhow::Result<()> {
+        let closes = [
+            self.intercept.as_raw_fd(),
+            self.monitor.as_raw_fd(),
+            self.parser.as_raw_fd(),
+            self.signals.fd(),
+        ];
+        let Some(respawn) = self.respawn.as_mut() else {
+            anyhow::bail!("no way to restart it");
+        };
+        let status = respawn
+            .pid
+            .take()
+            .map(|pid| nix::sys::wait::waitpid(pid, None));
+        while respawn
+            .restarts
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) > CRASH_WINDOW)
+        {
+            respawn.restarts.pop_front();
+        }
+        if respawn.restarts.len() >= MAX_RESTARTS {
+            anyhow::bail!(
+                "crash loop: {MAX_RESTARTS} restarts within {}s",
+                CRASH_WINDOW.as_secs()
+            );
+        }
+        respawn.restarts.push_back(now);
+        let restarts = respawn.restarts.len();
+        let (link, pid) = (respawn.spawn)(&closes)?;
+        respawn.pid = Some(pid);
+        registry.deregister(&mut SourceFd(&self.parser.as_raw_fd()))?;
+        self.pass_all_held();
+        self.to_parser.clear();
+        // Answers still due from the monitor belong to the dead parser's actions.
+        for in_flight in self.in_flight.values_mut() {
+            in_flight.packet = None;
+            in_flight.orphan = true;
+        }
+        self.parser = link;
+        self.parser_closed = false;
+        registry.register(
+            &mut SourceFd(&self.parser.as_raw_fd()),
+            PARSER,
+            Interest::READABLE,
+        )?;
+        log::warn!(
+            "parser died ({status:?}); started a new one ({restarts} in the last {}s): \
+             its connections are joined mid-stream",
+            CRASH_WINDOW.as_secs()
+        );
+        Ok(())
     }
 
     /// Runs until a terminating signal or the loss of the monitor or the parser.
@@ -170,9 +260,11 @@ impl<I: Intercept> Worker<I> {
                 intercept_pending = self.read_packets(now);
             }
             if parser_ready && self.read_parser().is_err() {
-                log::error!("parser process is gone; exiting");
-                self.pass_all_held();
-                return Ok(Exit::ParserGone);
+                if let Err(e) = self.replace_parser(poll.registry(), now) {
+                    log::error!("parser process is gone ({e:#}); exiting");
+                    self.pass_all_held();
+                    return Ok(Exit::ParserGone);
+                }
             }
             if monitor_ready && self.read_monitor().is_err() {
                 log::error!("monitor process is gone; exiting");
@@ -259,7 +351,14 @@ impl<I: Intercept> Worker<I> {
     fn submit(&mut self, action: FwAction, packet: Option<u64>) {
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1);
-        self.in_flight.insert(id, InFlight { action, packet });
+        self.in_flight.insert(
+            id,
+            InFlight {
+                action,
+                packet,
+                orphan: false,
+            },
+        );
         self.to_monitor.push_back(Request { id, action });
     }
 
@@ -366,7 +465,7 @@ impl<I: Intercept> Worker<I> {
         let Some(in_flight) = self.in_flight.remove(&response.id) else {
             return;
         };
-        if !self.parser_closed {
+        if !self.parser_closed && !in_flight.orphan {
             self.tell_parser(&ToParser::Answer {
                 action: in_flight.action,
                 ok: response.ok,

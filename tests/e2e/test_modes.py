@@ -337,3 +337,55 @@ def test_evicted_connection_resumes_and_its_next_epsv_is_helped(tmp_path):
         for b in others:
             b.close()
         stop(proc)
+
+
+def parser_of(monitor_pid):
+    """The parser process: the child of the worker, the monitor's child."""
+    workers = children(monitor_pid)
+    assert len(workers) == 1, f"monitor {monitor_pid} has children {workers}"
+    parsers = children(workers[0])
+    return workers[0], (parsers[0] if len(parsers) == 1 else None)
+
+
+@pytest.mark.parametrize("flags", [["-d", "-d"], ["-d"]], ids=["debug-log", "dropped"])
+def test_killed_parser_is_replaced_and_ftp_goes_on(tmp_path, flags):
+    """Issue 10, self-healing: kill -9 the parser; a fresh one runs at once (well within a
+    second) — sandboxed, with no capability, when privileges are dropped — and transfers,
+    passive and active, go on."""
+    proc = start(tmp_path, *flags)
+    try:
+        passive_download_works(6)
+        worker, parser = parser_of(proc.pid)
+        os.kill(parser, signal.SIGKILL)
+        assert lab.wait_until(lambda: parser_of(proc.pid)[1] not in (None, parser), 1.0), \
+            "no new parser within a second"
+        passive_download_works(6)
+        r = lab.curl(4, lab.VSFTPD, "hello.txt", "port")
+        assert r.returncode == 0, r.stderr[-2000:]
+        new_parser = parser_of(proc.pid)[1]
+        if flags == ["-d"]:
+            status = proc_status(new_parser)
+            assert status["Seccomp"] == "2", "the new parser is in its seccomp sandbox"
+            assert int(status["CapEff"], 16) == 0, "the new parser has no capability"
+            assert status["Uid"].split()[0] != "0", "the new parser is not root"
+        else:
+            log = (tmp_path / "daemon.log").read_text()
+            assert "parser died" in log and "started a new one" in log, log[-2000:]
+    finally:
+        stop(proc)
+
+
+def test_parser_crash_loop_ends_the_daemon_with_a_clear_line(tmp_path):
+    """Five restarts within a minute are a crash loop: the sixth death ends the daemon."""
+    proc = start(tmp_path, "-d", "-d")
+    for _ in range(6):
+        assert lab.wait_until(lambda: proc.poll() is not None or parser_of(proc.pid)[1], 2)
+        if proc.poll() is not None:
+            break
+        os.kill(parser_of(proc.pid)[1], signal.SIGKILL)
+        time.sleep(0.2)
+    assert proc.wait(15) == 1, "the daemon must end after a crash loop"
+    log = (tmp_path / "daemon.log").read_text()
+    assert "crash loop" in log, log[-2000:]
+    assert lab.wait_until(lambda: not lab.queue_bound(), 10)
+    assert lab.wait_until(lambda: lab.all_elements() == set(), 2 + 5)
