@@ -214,7 +214,12 @@ impl fmt::Display for Deny {
             | Deny::InsideMultiline { code }
             | Deny::ReplyFromClient { code }
             | Deny::AfterGap { code } => write!(f, " code={code}"),
-            Deny::Truncated | Deny::TableFull | Deny::MidLine => Ok(()),
+            Deny::TableFull => write!(
+                f,
+                " (every slot holds a live hole: give -c at least the new data connections \
+                 per second times -t)"
+            ),
+            Deny::Truncated | Deny::MidLine => Ok(()),
         }
     }
 }
