@@ -168,10 +168,18 @@ impl<I: Intercept> Worker<I> {
         let Some(respawn) = self.respawn.as_mut() else {
             anyhow::bail!("no way to restart it");
         };
-        let status = respawn
-            .pid
-            .take()
-            .map(|pid| nix::sys::wait::waitpid(pid, None));
+        // Its link is closed, so it is dead or dying; one that lingers is killed, so the
+        // wait cannot hang the packet loop.
+        let status = respawn.pid.take().map(|pid| {
+            use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    waitpid(pid, None)
+                }
+                other => other,
+            }
+        });
         while respawn
             .restarts
             .front()

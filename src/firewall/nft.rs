@@ -973,7 +973,10 @@ impl Firewall for Nft {
     /// — a transfer announced just before a restart keeps its hole. Anything with more time
     /// left, or no timeout at all, is no live hole of ours and goes.
     fn take_over(&mut self, max_left: Duration) -> Result<TakeOver, Error> {
-        let limit = u64::try_from(max_left.as_millis()).unwrap_or(u64::MAX);
+        // One second of slack for the kernel's rounding of what is left.
+        let limit = u64::try_from(max_left.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1000);
         let mut taken = TakeOver::default();
         for family in [Family::V6, Family::V4] {
             let set = self.cfg.set_name(family);
