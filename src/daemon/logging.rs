@@ -266,6 +266,22 @@ pub fn write_forwarded(bytes: &[u8]) {
     }
 }
 
+/// The socket syslog(3) writes to: `/var/run/log` on FreeBSD (lib/libc/gen/syslog.c
+/// `_PATH_LOG`), `/dev/log` elsewhere.
+pub const SYSLOG_SOCKET: &str = if cfg!(target_os = "freebsd") {
+    "/var/run/log"
+} else {
+    "/dev/log"
+};
+
+/// Whether a syslog daemon takes datagrams at `path` (syslog(3) itself would drop every
+/// line silently when none does).
+pub fn syslog_reachable(path: &std::path::Path) -> bool {
+    std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|socket| socket.connect(path))
+        .is_ok()
+}
+
 /// SIGHUP: reconnect to syslogd (a no-op for stderr).
 pub fn reopen() {
     // SAFETY: closelog/openlog have no preconditions.
@@ -276,6 +292,19 @@ pub fn reopen() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syslog_is_reachable_only_where_a_daemon_listens() {
+        let dir = std::env::temp_dir().join(format!("f6p-syslog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        assert!(!syslog_reachable(&path), "nothing there");
+        let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        assert!(syslog_reachable(&path));
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn forwarded_lines_round_trip_with_level_and_process() {

@@ -88,6 +88,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         None => Handover::default(),
     };
     if settings.foreground == Foreground::No {
+        // Detached, syslog is the only voice left: say so now if nobody listens there.
+        let socket = std::path::Path::new(logging::SYSLOG_SOCKET);
+        if !logging::syslog_reachable(socket) {
+            eprintln!(
+                "ftp6proxy: warning: no syslog daemon answers at {}: once detached, \
+                 ftp6proxy's log goes nowhere (start syslogd, or run in the foreground with -d)",
+                socket.display()
+            );
+        }
         nix::unistd::daemon(false, false).context("detach (daemon(3))")?;
     }
     if let Some(pidfile) = pidfile.as_mut() {

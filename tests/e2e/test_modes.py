@@ -108,6 +108,16 @@ def test_detached_daemon_writes_locks_and_removes_its_pidfile(tmp_path):
     argv = [str(lab.daemon_binary()), "-i", str(pidfile), *BASE_ARGS]
     launcher = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     assert launcher.returncode == 0, launcher.stderr
+    # No silent daemon: without a syslog daemon, detaching says so first.
+    import socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect("/dev/log")
+        syslog_up = True
+    except OSError:
+        syslog_up = False
+    assert ("no syslog daemon answers at /dev/log" in launcher.stderr) == (not syslog_up), \
+        launcher.stderr
     assert lab.wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()
                           and lab.queue_bound(), 20), "no pidfile or queue after detaching"
     pid = int(pidfile.read_text())
