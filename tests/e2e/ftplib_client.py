@@ -62,7 +62,13 @@ def transfer(args):
     ftp.connect(args.host, args.port)
     ftp.login("anonymous", "lab@example.com")
     ftp.set_pasv(args.mode in ("pasv", "epsv"))
-    for action in args.actions:
+    run_actions(ftp, args.actions)
+    ftp.quit()
+
+
+def run_actions(ftp, actions, say_got=False):
+    """list | get:REMOTE:LOCAL | put:LOCAL:REMOTE, in order (also used by ftps_client.py)."""
+    for action in actions:
         kind, *rest = action.split(":")
         if kind == "list":
             lines = []
@@ -71,12 +77,13 @@ def transfer(args):
         elif kind == "get":
             with open(rest[1], "wb") as f:
                 ftp.retrbinary("RETR " + rest[0], f.write)
+            if say_got:
+                print(f"GOT {rest[0]}", flush=True)
         elif kind == "put":
             with open(rest[0], "rb") as f:
                 ftp.storbinary("STOR " + rest[1], f)
         else:
             raise SystemExit(f"unknown action {action}")
-    ftp.quit()
 
 
 class Bridge:

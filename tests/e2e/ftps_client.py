@@ -15,13 +15,12 @@ every action worked.
 """
 import argparse
 import ftplib
-import json
 import os
 import ssl
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ftplib_client import ModeFTP  # noqa: E402
+from ftplib_client import ModeFTP, run_actions  # noqa: E402
 
 
 class ModeFTPS(ModeFTP, ftplib.FTP_TLS):
@@ -60,18 +59,7 @@ def main():
         ftp.ccc()
         print("CCC done: the control connection is clear", flush=True)
     ftp.set_pasv(args.mode in ("pasv", "epsv"))
-    for action in args.actions:
-        kind, *rest = action.split(":")
-        if kind == "list":
-            lines = []
-            ftp.retrlines("LIST", lines.append)
-            print("LISTING " + json.dumps(lines), flush=True)
-        elif kind == "get":
-            with open(rest[1], "wb") as f:
-                ftp.retrbinary("RETR " + rest[0], f.write)
-            print(f"GOT {rest[0]}", flush=True)
-        else:
-            raise SystemExit(f"unknown action {action}")
+    run_actions(ftp, args.actions, say_got=True)
     ftp.quit()
 
 
