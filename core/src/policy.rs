@@ -109,14 +109,6 @@ pub enum Deny {
     Truncated,
     /// Every hole slot is in use.
     TableFull,
-    /// A passive reply on a connection whose server stream lost bytes the engine never saw
-    /// (a gap, or joining mid-stream): a multi-line reply may have been open across the
-    /// gap, and text inside one can look like a passive reply (see ARCHITECTURE.md,
-    /// "Gaps and rejoining").
-    AfterGap {
-        /// The reply code.
-        code: u16,
-    },
     /// An announcement in the tail of a line whose start the engine never saw (after a
     /// gap, or joining mid-stream): it may be the middle of some other line.
     MidLine,
@@ -141,15 +133,13 @@ pub enum DenyReason {
     Truncated,
     /// [`Deny::TableFull`].
     TableFull,
-    /// [`Deny::AfterGap`].
-    AfterGap,
     /// [`Deny::MidLine`].
     MidLine,
 }
 
 impl DenyReason {
     /// Every reason, in counter order.
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 9] = [
         DenyReason::Bounce,
         DenyReason::FamilyMismatch,
         DenyReason::LowPort,
@@ -158,7 +148,6 @@ impl DenyReason {
         DenyReason::ReplyFromClient,
         DenyReason::Truncated,
         DenyReason::TableFull,
-        DenyReason::AfterGap,
         DenyReason::MidLine,
     ];
 
@@ -173,7 +162,6 @@ impl DenyReason {
             DenyReason::ReplyFromClient => "reply_from_client",
             DenyReason::Truncated => "truncated",
             DenyReason::TableFull => "table_full",
-            DenyReason::AfterGap => "after_gap",
             DenyReason::MidLine => "mid_line",
         }
     }
@@ -191,7 +179,6 @@ impl Deny {
             Deny::ReplyFromClient { .. } => DenyReason::ReplyFromClient,
             Deny::Truncated => DenyReason::Truncated,
             Deny::TableFull => DenyReason::TableFull,
-            Deny::AfterGap { .. } => DenyReason::AfterGap,
             Deny::MidLine => DenyReason::MidLine,
         }
     }
@@ -212,8 +199,7 @@ impl fmt::Display for Deny {
             Deny::LowPort { port } => write!(f, " port={port}"),
             Deny::Unsolicited { code }
             | Deny::InsideMultiline { code }
-            | Deny::ReplyFromClient { code }
-            | Deny::AfterGap { code } => write!(f, " code={code}"),
+            | Deny::ReplyFromClient { code } => write!(f, " code={code}"),
             Deny::TableFull => write!(
                 f,
                 " (every slot holds a live hole: give -c at least the new data connections \
@@ -490,7 +476,6 @@ mod tests {
             Deny::ReplyFromClient { code: 227 },
             Deny::Truncated,
             Deny::TableFull,
-            Deny::AfterGap { code: 229 },
             Deny::MidLine,
         ];
         for (deny, reason) in all.iter().zip(DenyReason::ALL) {

@@ -726,10 +726,11 @@ fn reply_sent_before_the_server_had_the_command_pairs_with_nothing() {
     assert_eq!(h.engine.counters().denied("unsolicited"), 1);
 }
 
-/// A lost server segment: nothing tells where a multi-line reply might have ended, so
-/// passive replies on this connection are no longer helped; commands still are.
+/// A lost server segment, the start of a multi-line reply: the engine reads on from the
+/// next line end, the first reply line it reads whole settles the multi-line state, and
+/// the next whole exchange (an `EPSV` read after the gap, its 229) is helped.
 #[test]
-fn lost_server_segment_ends_passive_help_but_not_active() {
+fn lost_server_segment_is_recovered_at_the_next_whole_exchange() {
     let mut h = Harness::v6().connected();
     h.login();
     h.client("STAT\r\n");
@@ -737,20 +738,117 @@ fn lost_server_segment_ends_passive_help_but_not_active() {
     h.client("EPSV\r\n"); // acknowledges the lost reply: the gap is proven
     h.server("     Connected to 2001:db8:1::10\r\n211 End of status\r\n");
     h.server("229 Entering Extended Passive Mode (|||50411|)\r\n");
-    assert!(h.holes().is_empty());
-    assert_eq!(h.engine.counters().denied("after_gap"), 1);
-    assert!(h.logged("passive replies on this connection are no longer helped"));
-    h.client("EPRT |2|2001:db8:1::10|50412|\r\n");
     assert_eq!(
         h.holes(),
-        [active("2001:db8:2::21", "2001:db8:1::10", 50412)]
+        [passive("2001:db8:1::10", "2001:db8:2::21", 50411)]
     );
+    assert!(h.logged("gap dir=server"));
+    h.client("EPRT |2|2001:db8:1::10|50412|\r\n");
+    assert_eq!(h.holes().len(), 2);
 }
 
-/// The pipelined-echo attack across a server gap: the client had the server start a
-/// multi-line reply that echoes its text, a segment of it passes unseen, and the client
-/// pipelines an `EPSV` so that the echoed `229` line arrives right after it, at a line
-/// start, acknowledging the `EPSV`. It opens nothing.
+/// Replies owed to commands lost with a server gap do not put pairing out of step: the
+/// `226` of a `RETR` whose `150` was lost, and a reply owed to a command the engine never
+/// saw, arrive after the next `PASV` was read; they are skipped, and the `227` still
+/// answers that `PASV` — transfer after transfer.
+#[test]
+fn replies_owed_across_a_server_gap_leave_later_passive_replies_helped() {
+    let mut h = Harness::v4().connected();
+    h.login();
+    h.client("PASV\r\n");
+    h.server("227 Entering Passive Mode (198,51,100,21,195,100).\r\n");
+    h.client("RETR a\r\n");
+    h.lose(
+        Side::Server,
+        b"150 Opening BINARY mode data connection.\r\n",
+    );
+    h.client("PASV\r\n"); // pipelined; its acknowledgment proves the gap
+    h.server("226 Transfer complete.\r\n"); // a fragment: its start is unproven
+    h.server("200 Noted.\r\n"); // owed to a command the engine never saw
+    h.server("227 Entering Passive Mode (198,51,100,21,195,101).\r\n");
+    for p2 in 102..105 {
+        h.client("RETR b\r\n");
+        h.server("150 Opening BINARY mode data connection.\r\n");
+        h.server("226 Transfer complete.\r\n");
+        h.client("PASV\r\n");
+        h.server(&format!(
+            "227 Entering Passive Mode (198,51,100,21,195,{p2}).\r\n"
+        ));
+    }
+    assert_eq!(h.opens(), 5);
+    assert_eq!(h.engine.counters().denied("unsolicited"), 0);
+}
+
+/// A segment start proves no line start, after any kind of loss: a client has the server
+/// echo `229 ...` text and pipelines an `EPSV`, so that a server segment begins exactly at
+/// the echo, at the position the `EPSV` acknowledged. It opens nothing; the next whole
+/// exchange is helped.
+#[test]
+fn pipelined_echo_at_a_segment_start_opens_nothing_after_any_loss() {
+    const ECHO: &[u8] =
+        b"229 Entering Extended Passive Mode (|||6000|)': command not understood\r\n";
+    for loss in ["server gap", "client gap", "crash", "no loss"] {
+        let mut h = Harness::v6().connected();
+        h.login();
+        h.client("SITE '229 Entering Extended Passive Mode (|||6000|)'\r\n");
+        match loss {
+            "server gap" => h.lose(Side::Server, b"500 '"),
+            "client gap" => {
+                h.lose(Side::Client, b"NOOP\r\n");
+                h.server("500 '");
+            }
+            "crash" => {
+                h.engine = ftp6proxy_core::Engine::new(Config::default());
+                // The next instance never saw the reply's first bytes.
+                h.lose(Side::Server, b"500 '");
+            }
+            _ => {
+                h.server("500 '");
+            }
+        }
+        h.client("EPSV\r\n");
+        h.send(Side::Server, ECHO);
+        h.server("200 NOOP ok.\r\n");
+        assert!(h.holes().is_empty(), "{loss}");
+        h.server("229 Entering Extended Passive Mode (|||50420|)\r\n");
+        h.client("EPSV\r\n");
+        h.server("229 Entering Extended Passive Mode (|||50421|)\r\n");
+        let opened: Vec<u16> = h.holes().iter().map(|hole| hole.dport).collect();
+        assert!(!opened.contains(&6000), "{loss}: {opened:?}");
+        assert!(
+            opened.contains(&50421),
+            "{loss}: the next whole exchange: {opened:?}"
+        );
+    }
+}
+
+/// What the engine trusts after a gap is what it trusts without one: the server's own
+/// line starts. A server that starts reply lines with text a client chose (here a `STAT`
+/// listing that prints client-made names at line starts) lets that client forge replies
+/// whether or not bytes were lost: the client closes the multi-line reply itself with a
+/// `213 ` line. A gap changes nothing about what such a server allows.
+#[test]
+fn a_gap_adds_nothing_to_what_a_server_echoing_line_starts_allows() {
+    let outcome = |lose: bool| {
+        let mut h = Harness::v6().connected();
+        h.login();
+        h.client("STAT -1\r\n");
+        if lose {
+            h.lose(Side::Server, b"213-status of -1:\r\n");
+        } else {
+            h.server("213-status of -1:\r\n");
+        }
+        h.client("EPSV\r\n"); // with the loss, its acknowledgment proves the gap
+        h.server("a.txt\r\n213 x\r\n229 Entering Extended Passive Mode (|||6000|)\r\n");
+        h.holes()
+    };
+    assert_eq!(outcome(true), outcome(false));
+}
+
+/// The pipelined-echo attack across a server gap, inside a multi-line reply: the echoed
+/// `229` line arrives at the first bytes after the gap, which are no proven line start.
+/// It opens nothing; the reply's end settles the multi-line state, and the next whole
+/// exchange is helped.
 #[test]
 fn pipelined_echo_inside_a_reply_cut_by_a_gap_opens_nothing() {
     let mut h = Harness::v6().connected();
@@ -761,6 +859,11 @@ fn pipelined_echo_inside_a_reply_cut_by_a_gap_opens_nothing() {
     h.client("EPSV\r\n");
     h.server("229 Entering Extended Passive Mode (|||6000|)\r\n213 End of status\r\n");
     assert!(h.holes().is_empty());
+    h.server("229 Entering Extended Passive Mode (|||50416|)\r\n");
+    assert_eq!(
+        h.holes(),
+        [passive("2001:db8:1::10", "2001:db8:2::21", 50416)]
+    );
 }
 
 /// A client segment that starts mid-line after a gap is not read from its start: the
@@ -780,19 +883,20 @@ fn client_segment_after_a_gap_is_read_from_the_next_line_end() {
     );
 }
 
-/// Invariant 5 after a restart: a connection joined mid-stream is helped for commands from
-/// the next line end, but passive replies are not (its server stream started unseen).
+/// Invariants 5 and 9 after a crash: a connection joined mid-stream is helped from the
+/// next whole exchange — the first `PASV` and its `227` are cut (their starts unseen), the
+/// second pair is read whole and helped; commands from the next line end.
 #[test]
-fn midstream_connection_helps_commands_but_not_passive_replies() {
+fn midstream_connection_is_helped_from_the_next_whole_exchange() {
     let mut h = Harness::v4();
     h.client("PASV\r\n");
     h.server("227 Entering Passive Mode (198,51,100,21,195,90).\r\n");
+    assert!(h.holes().is_empty());
     h.client("PASV\r\n");
     h.server("227 Entering Passive Mode (198,51,100,21,195,91).\r\n");
-    assert!(h.holes().is_empty());
-    assert_eq!(h.engine.counters().denied("after_gap"), 1);
+    assert_eq!(h.holes(), [passive("192.0.2.10", "198.51.100.21", 50011)]);
     h.client("PORT 192,0,2,10,197,210\r\n");
-    assert_eq!(h.holes(), [active("198.51.100.21", "192.0.2.10", 50642)]);
+    assert_eq!(h.holes().len(), 2);
 }
 
 /// A RST the endpoints would ignore (not exactly the next sequence number, RFC 5961 §3) is
@@ -980,17 +1084,18 @@ fn tls_records_split_across_segments_are_followed() {
     );
 }
 
-/// An echoed "234" after a server gap cannot end the unknown multi-line state: clear
-/// text "resuming" right after it proves nothing about where replies begin.
+/// A `234` at the first bytes after a server gap is no proven line start: it starts no
+/// TLS, and the replies after it are read.
 #[test]
-fn echoed_234_after_a_gap_does_not_restore_passive_help() {
+fn reply_fragment_after_a_gap_starts_no_tls() {
     let mut h = Harness::v6().connected();
     h.login();
     h.client("STAT *\r\n");
     h.lose(Side::Server, b"213-status of *:\r\n");
     h.client("EPSV\r\n");
-    h.server("234 x\r\n229 Entering Extended Passive Mode (|||6000|)\r\n");
-    assert!(h.holes().is_empty());
+    h.server("234 x\r\n213 End\r\n229 Entering Extended Passive Mode (|||50422|)\r\n");
+    assert_eq!(h.engine.counters().tls, 0);
+    assert_eq!(h.holes().len(), 1);
 }
 
 /// A gap inside TLS loses the record alignment: nothing of that stream is read again.
@@ -1043,8 +1148,8 @@ fn pipelined_echo_across_a_restart_with_state_opens_nothing() {
     assert!(h.holes().is_empty());
 }
 
-/// Without state (a crash), the same connection is joined mid-stream: its commands are
-/// helped from the next line, its passive replies are not.
+/// Without state (a crash), the same connection is joined mid-stream: the first `EPSV`
+/// exchange is cut, the next whole one is helped, and commands from the next line.
 #[test]
 fn restart_without_state_joins_mid_stream() {
     let mut h = Harness::v6().connected();
@@ -1052,9 +1157,13 @@ fn restart_without_state_joins_mid_stream() {
     h.engine = ftp6proxy_core::Engine::new(Config::default());
     h.client("EPSV\r\n");
     h.server("229 Entering Extended Passive Mode (|||50632|)\r\n");
+    assert!(h.holes().is_empty());
     h.client("EPSV\r\n");
     h.server("229 Entering Extended Passive Mode (|||50633|)\r\n");
-    assert!(h.holes().is_empty());
+    assert_eq!(
+        h.holes(),
+        [passive("2001:db8:1::10", "2001:db8:2::21", 50633)]
+    );
     h.client("EPRT |2|2001:db8:1::10|50634|\r\n");
-    assert_eq!(h.holes().len(), 1);
+    assert_eq!(h.holes().len(), 2);
 }

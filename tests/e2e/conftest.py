@@ -1,5 +1,6 @@
 """Fixtures for ftp6proxy's end-to-end tests (run as root: python3 -m pytest -v tests/e2e)."""
 import atexit
+import fcntl
 import os
 import sys
 
@@ -18,6 +19,15 @@ def lab_net():
     """The namespace lab, up for the whole session and ALWAYS torn down at the end."""
     if os.geteuid() != 0:
         pytest.exit("the end-to-end tests need root (network namespaces, nft)", returncode=2)
+    # One lab per machine: its namespaces have fixed names, so a second run (the demo, the
+    # capture maker, another test session) waits for this one instead of tearing its lab
+    # down under it.
+    lock = open(lab.LOCK_PATH, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"\nwaiting for the lab lock {lab.LOCK_PATH} (another lab user runs)", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
     atexit.register(lab.lab_down)
     lab.lab_down()  # leftovers from an interrupted run
     try:

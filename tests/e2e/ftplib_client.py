@@ -2,7 +2,7 @@
 """FTP client helper for the ftp6proxy lab, run inside the client namespace.
 
   ftplib_client.py transfer --host H --port P --mode pasv|epsv|port|eprt ACTION...
-      ACTION: list | get:REMOTE:LOCAL | put:LOCAL:REMOTE
+      ACTION: list | get:REMOTE:LOCAL | put:LOCAL:REMOTE | sleep:SECONDS
       Uses Python's ftplib with the data-connection command forced to --mode, with
       debug level 1 so every command sent shows on stdout (`*cmd* 'EPSV'`).
 
@@ -67,7 +67,8 @@ def transfer(args):
 
 
 def run_actions(ftp, actions, say_got=False):
-    """list | get:REMOTE:LOCAL | put:LOCAL:REMOTE, in order (also used by ftps_client.py)."""
+    """list | get:REMOTE:LOCAL | put:LOCAL:REMOTE | sleep:SECONDS, in order (also used by
+    ftps_client.py). A sleep keeps the control connection idle, for a restart meanwhile."""
     for action in actions:
         kind, *rest = action.split(":")
         if kind == "list":
@@ -82,6 +83,9 @@ def run_actions(ftp, actions, say_got=False):
         elif kind == "put":
             with open(rest[0], "rb") as f:
                 ftp.storbinary("STOR " + rest[1], f)
+        elif kind == "sleep":
+            print(f"SLEEP {rest[0]}", flush=True)
+            time.sleep(float(rest[0]))
         else:
             raise SystemExit(f"unknown action {action}")
 

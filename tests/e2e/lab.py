@@ -19,6 +19,9 @@ HELPER = Path(__file__).resolve().parent / "ftplib_client.py"
 STATE = Path(os.environ.get("F6P_LAB_STATE", "/run/f6p-lab"))
 
 CLIENT_NS, GW_NS, SERVER_NS, THIRD_NS = "f6p-client", "f6p-gw", "f6p-server", "f6p-third"
+# Held by every user of the lab for as long as it uses it (the demo and the capture maker
+# take it too, with flock(1)): the namespaces have fixed names, one lab per machine.
+LOCK_PATH = "/run/f6p-lab.lock"
 CLIENT = {6: "2001:db8:1::10", 4: "192.0.2.10"}
 SERVER = {6: "2001:db8:2::21", 4: "198.51.100.21"}
 THIRD = {6: "2001:db8:3::99", 4: "203.0.113.99"}

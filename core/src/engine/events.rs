@@ -157,8 +157,6 @@ pub enum Event {
         conn: ConnId,
         /// Which direction lost bytes.
         dir: Dir,
-        /// This gap ended the help for passive replies on this connection (a server gap).
-        passive_help_ends: bool,
     },
     /// A RST that the endpoints would not accept (its sequence number is not the exact
     /// next one, RFC 5961 §3) was ignored.
@@ -230,25 +228,15 @@ impl fmt::Display for Event {
                 write!(f, "{conn} connection end reason={}", reason.name())
             }
             Event::Line { conn, dir, text } => write!(f, "{conn} {}: {text}", dir.name()),
-            Event::Gap {
-                conn,
-                dir,
-                passive_help_ends,
-            } => {
-                write!(
-                    f,
-                    "{conn} gap dir={}: bytes lost for good, lines resume at the next line end",
-                    dir.name()
-                )?;
-                if *passive_help_ends {
-                    write!(
-                        f,
-                        "; passive replies on this connection are no longer helped (a \
-                         multi-line reply may be open), PORT/EPRT still are"
-                    )?;
+            Event::Gap { conn, dir } => write!(
+                f,
+                "{conn} gap dir={}: bytes lost for good, lines resume at the next line end{}",
+                dir.name(),
+                match dir {
+                    Dir::ToClient => "; replies are paired again from the next one read whole",
+                    Dir::ToServer => "",
                 }
-                Ok(())
-            }
+            ),
             Event::RstIgnored { conn, dir } => write!(
                 f,
                 "{conn} rst ignored dir={}: sequence number not the exact next one (RFC 5961)",

@@ -327,7 +327,7 @@ impl Engine {
             meanings: Vec::new(),
             overlong: 0,
         };
-        let mut gaps: Vec<(Dir, bool)> = Vec::new();
+        let mut gaps: Vec<Dir> = Vec::new();
 
         // TCP's proof of a gap in the other direction: this segment acknowledges bytes the
         // engine never saw. The receiver has them; they will not come again.
@@ -345,14 +345,17 @@ impl Engine {
             if conn.streams[other.index()].gap_proven_by(ack, conn.fin[other.index()])
                 && proves(segment)
             {
-                let before = conn.session.after_server_gap();
-                conn.session.resync(other);
-                gaps.push((other, !before && conn.session.after_server_gap()));
+                gaps.push(other);
                 let session = &mut conn.session;
                 // Lines of the other direction kept behind the gap: their segments'
-                // acknowledgments are not kept, so none is claimed for them.
-                conn.streams[other.index()]
-                    .skip_gap_with(ack, |line| reader.read(session, other, line, None));
+                // acknowledgments are not kept, so none is claimed for them. The first
+                // one read resynchronises the session (`Line::after_resync`).
+                let stream = &mut conn.streams[other.index()];
+                stream.skip_gap_with(ack, |line| reader.read(session, other, line, None));
+                // No line yet: the session forgets now, before this segment's own lines.
+                if stream.take_resync_pending() {
+                    conn.session.resync(other);
+                }
             }
         }
 
@@ -360,16 +363,17 @@ impl Engine {
         if !segment.payload.is_empty() {
             // With SYN, the data starts one past the initial sequence number.
             let data_seq = segment.seq.wrapping_add(u32::from(segment.flags.syn));
-            let before = conn.session.after_server_gap();
             let session = &mut conn.session;
             let fed = conn.streams[dir.index()].feed_with(data_seq, segment.payload, |line| {
                 reader.read(session, dir, line, ack)
             });
             if fed.resynced {
-                // The reorder buffer gave up on a gap (a line after it, if any, already
-                // made the session forget).
-                conn.session.resync(dir);
-                gaps.push((dir, !before && conn.session.after_server_gap()));
+                // The reorder buffer gave up on a gap. A line read after the jump already
+                // made the session forget; without one, it forgets now.
+                if conn.streams[dir.index()].take_resync_pending() {
+                    conn.session.resync(dir);
+                }
+                gaps.push(dir);
             }
             if fed.dropped || fed.resynced {
                 self.counters.reorder_drops += 1;
@@ -383,14 +387,13 @@ impl Engine {
                 dir: cleartext_dir,
             });
         }
-        for (gap_dir, passive_help_ends) in gaps {
+        for gap_dir in gaps {
             self.counters.gaps += 1;
             if let Admit::Yes { suppressed } = self.limiter.admit(now, "gap") {
                 self.push_suppressed("gap", suppressed);
                 self.events.push_back(Event::Gap {
                     conn: id,
                     dir: gap_dir,
-                    passive_help_ends,
                 });
             }
         }

@@ -180,6 +180,15 @@ impl LineAssembler {
         };
     }
 
+    /// Whether the stream started over (a gap) and no line has been read since: the
+    /// caller resynchronises what depends on the stream now, at the jump, rather than at
+    /// the next line end, which may come after lines of the other direction that the
+    /// lost bytes cannot concern. Clears the mark, so the next line no longer carries
+    /// [`Line::after_resync`].
+    pub fn take_resync_pending(&mut self) -> bool {
+        std::mem::take(&mut self.resync_pending)
+    }
+
     /// Sequence number of the next byte expected, once the stream has been seen.
     pub fn next_seq(&self) -> Option<u32> {
         self.next_seq

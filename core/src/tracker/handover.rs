@@ -13,11 +13,11 @@
 //! mid-stream). Knows no files: the daemon moves the bytes.
 //!
 //! ```text
-//! file    = "F6PSTATE" version:u8(=1) count:u32 record*count
+//! file    = "F6PSTATE" version:u8(=2) count:u32 record*count
 //! record  = client:addr server:addr resume:opt_u32*2 fin:u8 session hole*2
 //! addr    = family:u8(4|6) ip:[u8;16] port:u16          (IPv4 in the first 4 bytes)
 //! opt_u32 = 0 | 1 value:u32
-//! session = tls:u8 multiline:u8(0 closed|1 open|2 unknown) code:u16 n:u8(<=32)
+//! session = flags:u8(bit 0 TLS seen, bit 1 server bytes lost) multiline:u8(0 closed|1 open|2 unknown) code:u16 n:u8(<=32)
 //!           (kind:u8(0 other|1 auth|2 pasv|3 lpsv|4 epsv) end_seq:u32)*n
 //! hole    = 0 | 1 end_seq:u32 mode:u8(0 passive|1 active) src:addr dst:addr
 //! ```
@@ -31,7 +31,7 @@ use crate::policy::MIN_DATA_PORT;
 /// The file's first bytes.
 pub const MAGIC: &[u8; 8] = b"F6PSTATE";
 /// The format version this build writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Why a hand-over file was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +82,9 @@ pub struct Record {
 pub struct SessionRecord {
     /// TLS was seen (the connection is not handed over while inside TLS).
     pub tls_seen: bool,
+    /// The server's stream lost bytes at some point (replies may be owed to commands
+    /// never seen).
+    pub after_loss: bool,
     /// 0 closed, 1 open (with `code`), 2 unknown.
     pub multiline: u8,
     /// The open multi-line reply's code.
@@ -107,7 +110,7 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
             put_opt(&mut out, resume);
         }
         out.push(u8::from(r.fin[0]) | u8::from(r.fin[1]) << 1);
-        out.push(u8::from(r.session.tls_seen));
+        out.push(u8::from(r.session.tls_seen) | u8::from(r.session.after_loss) << 1);
         out.push(r.session.multiline);
         out.extend_from_slice(&r.session.code.to_be_bytes());
         out.push(u8::try_from(r.session.outstanding.len()).unwrap_or(u8::MAX));
@@ -262,7 +265,11 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Vec<Record>, StateError> {
         if fin_bits > 3 {
             return Err(r.invalid("fin"));
         }
-        let tls_seen = r.flag("tls")?;
+        let flags = r.u8()?;
+        if flags > 3 {
+            return Err(r.invalid("session flags"));
+        }
+        let (tls_seen, after_loss) = (flags & 1 != 0, flags & 2 != 0);
         let multiline = r.u8()?;
         let code = r.u16()?;
         let code_ok = match multiline {
@@ -327,6 +334,7 @@ pub fn decode(bytes: &[u8], max: usize) -> Result<Vec<Record>, StateError> {
             fin: [fin_bits & 1 != 0, fin_bits & 2 != 0],
             session: SessionRecord {
                 tls_seen,
+                after_loss,
                 multiline,
                 code,
                 outstanding,
@@ -353,6 +361,7 @@ mod tests {
             fin: [false, true],
             session: SessionRecord {
                 tls_seen: false,
+                after_loss: true,
                 multiline: 1,
                 code: 213,
                 outstanding: vec![(4, 1234), (0, 1240)],
@@ -384,8 +393,8 @@ mod tests {
         let good = encode(&[sample()]);
         assert_eq!(decode(b"garbage", 10), Err(StateError::NotState));
         let mut version = good.clone();
-        version[8] = 2;
-        assert_eq!(decode(&version, 10), Err(StateError::Version(2)));
+        version[8] = 1;
+        assert_eq!(decode(&version, 10), Err(StateError::Version(1)));
         assert!(matches!(
             decode(&good[..good.len() - 1], 10),
             Err(StateError::Length(_))

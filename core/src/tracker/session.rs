@@ -13,10 +13,14 @@
 //!   replies to commands the engine never saw (lost in a gap) cannot pair with later
 //!   commands it did see.
 //! - After the server's stream lost bytes (a gap, or joining it mid-stream) the engine
-//!   cannot know whether a multi-line reply is open, and text inside one can look like a
-//!   passive reply, placed there by the client (a file name in `STAT` output). No later
-//!   line can prove the reply closed, so passive replies are not helped on that connection
-//!   any more (`Deny::AfterGap`); commands (`PORT`, `EPRT`) still are.
+//!   does not know whether a multi-line reply is open, nor how many replies the server
+//!   still owes to commands it never saw. The multi-line state is unknown until the next
+//!   reply line the engine reads from a proven line start settles it (RFC 959 §4.2: a
+//!   `NNN-` line opens or continues a reply, a `NNN ` line ends one); the outstanding
+//!   commands are forgotten, and from then on a passive reply pairs with the first
+//!   passive command of its kind that the server had received, skipping replies owed to
+//!   commands lost with the gap. ARCHITECTURE.md ("Gaps and rejoining") says why a line
+//!   start the engine proved, not a segment start, is what makes this safe.
 
 use std::collections::VecDeque;
 
@@ -66,7 +70,8 @@ enum Multiline {
     Closed,
     /// Inside the multi-line reply with this code.
     Open(u16),
-    /// Unknowable: the server's stream lost bytes (see the module docs).
+    /// Not known: the server's stream lost bytes, and no reply line has been read since
+    /// (see the module docs).
     Unknown,
 }
 
@@ -78,6 +83,10 @@ pub struct Session {
     outstanding: VecDeque<(Outstanding, u32)>,
     multiline: Multiline,
     encrypted: bool,
+    /// The server's stream lost bytes at some point: replies may still be owed to
+    /// commands the engine never saw, so the FIFO is not in step with the replies and a
+    /// passive reply searches it (`answered_after_loss`).
+    after_loss: bool,
 }
 
 /// Whether `line` starts with the verb `verb` (case-insensitive, RFC 959 §5.3).
@@ -98,19 +107,22 @@ impl Session {
     pub fn joined_midstream() -> Session {
         Session {
             multiline: Multiline::Unknown,
+            after_loss: true,
             ..Session::default()
         }
     }
 
     /// Bytes of `dir`'s stream were lost. Lost client bytes are commands the FIFO never
     /// got; their replies pair with nothing, by the acknowledgment rule, so nothing needs
-    /// forgetting. Lost server bytes are replies: the commands they answered would pair
-    /// with later replies, so the FIFO is emptied, and the multi-line state becomes
-    /// unknowable for good.
+    /// forgetting. Lost server bytes are replies: which commands they answered is not
+    /// known, so the FIFO is emptied (a passive reply then counts only for a passive
+    /// command read after this point), and the multi-line state is unknown until the next
+    /// reply line.
     pub fn resync(&mut self, dir: Dir) {
         if dir == Dir::ToClient {
             self.outstanding.clear();
             self.multiline = Multiline::Unknown;
+            self.after_loss = true;
         }
     }
 
@@ -137,6 +149,7 @@ impl Session {
             .collect();
         crate::tracker::handover::SessionRecord {
             tls_seen: self.encrypted,
+            after_loss: self.after_loss,
             multiline,
             code,
             outstanding,
@@ -169,12 +182,8 @@ impl Session {
             outstanding,
             multiline,
             encrypted: record.tls_seen,
+            after_loss: record.after_loss || multiline == Multiline::Unknown,
         }
-    }
-
-    /// Whether passive replies can no longer be helped (the server's stream had a gap).
-    pub fn after_server_gap(&self) -> bool {
-        self.multiline == Multiline::Unknown
     }
 
     /// Whether the server started TLS on this connection at some point (it may have left
@@ -184,12 +193,11 @@ impl Session {
     }
 
     /// Clear text resumed in `dir` at a TLS record boundary (`CCC`, RFC 4217 §6). For the
-    /// server that is a reply boundary: no multi-line reply is open — unless the engine
-    /// could not know that before TLS began (a gap), which TLS does not cure. Commands and
-    /// replies inside TLS were all invisible, so the FIFO (emptied when TLS began) holds
-    /// only what was read in clear text since.
+    /// server that is a reply boundary: no multi-line reply is open. Commands and replies
+    /// inside TLS were all invisible, so the FIFO (emptied when TLS began) holds only what
+    /// was read in clear text since.
     pub fn cleartext_resumed(&mut self, dir: Dir) {
-        if dir == Dir::ToClient && self.multiline != Multiline::Unknown {
+        if dir == Dir::ToClient {
             self.multiline = Multiline::Closed;
         }
     }
@@ -208,6 +216,31 @@ impl Session {
     fn answered(&mut self, ack: Option<u32>) -> Option<Outstanding> {
         let (_, end_seq) = *self.outstanding.front()?;
         if ack.is_some_and(|ack| seq_diff(ack, end_seq) < 0) {
+            return None;
+        }
+        self.outstanding.pop_front().map(|(command, _)| command)
+    }
+
+    /// After a loss in the server's stream: the command a final reply with `code`
+    /// answers. The server may still owe replies to commands the engine never saw, so the
+    /// FIFO's head need not be this reply's command. A passive reply takes the first
+    /// outstanding passive command of its kind the server had received (those before it
+    /// were answered, replies come in order); it pairs with nothing if there is none. Any
+    /// other final reply takes the head if the server had received it, except that a
+    /// positive reply does not take a passive command (whose positive answer is a passive
+    /// reply): it is one owed to a command lost with the gap.
+    fn answered_after_loss(&mut self, code: u16, ack: Option<u32>) -> Option<Outstanding> {
+        let received = |end_seq: u32| ack.is_none_or(|ack| seq_diff(ack, end_seq) >= 0);
+        if policy::is_passive_reply_code(code) {
+            let at = self.outstanding.iter().position(|&(command, end_seq)| {
+                received(end_seq)
+                    && matches!(command, Outstanding::Passive(request) if request.reply_code() == code)
+            })?;
+            self.outstanding.drain(..at);
+            return self.outstanding.pop_front().map(|(command, _)| command);
+        }
+        let &(head, end_seq) = self.outstanding.front()?;
+        if !received(end_seq) || (matches!(head, Outstanding::Passive(_)) && code < 400) {
             return None;
         }
         self.outstanding.pop_front().map(|(command, _)| command)
@@ -280,23 +313,22 @@ impl Session {
     pub fn server_line(&mut self, line: &[u8], truncated: bool, ack: Option<u32>) -> LineMeaning {
         let reply = ftp::parse_reply_line(line);
         if self.multiline == Multiline::Unknown {
-            return match reply {
-                Some(r) if r.code == 234 && !r.continues => {
-                    // Fail closed: whatever it closes, TLS may be starting. (A 234 echoed
-                    // as text cannot end the unknown state: see cleartext_resumed.)
-                    self.outstanding.clear();
-                    self.encrypted = true;
-                    LineMeaning::TlsStarted
-                }
-                Some(r) if policy::is_passive_reply_code(r.code) => {
-                    LineMeaning::Deny(Deny::AfterGap { code: r.code })
-                }
-                Some(r) if !r.continues && r.code >= 200 => {
-                    let _ = self.answered(ack);
+            // The first reply line read from a proven line start after a loss settles the
+            // state (RFC 959 §4.2): `NNN-` opens or continues a reply that ends at `NNN `;
+            // `NNN ` is the last line of a reply, after which replies start again.
+            // Anything else is text inside a reply and settles nothing.
+            match reply {
+                None => return LineMeaning::Nothing,
+                Some(r) if r.continues => self.multiline = Multiline::Open(r.code),
+                Some(_) => self.multiline = Multiline::Closed,
+            }
+            if let Multiline::Open(code) = self.multiline {
+                return if policy::is_passive_reply_code(code) {
+                    LineMeaning::Deny(Deny::InsideMultiline { code })
+                } else {
                     LineMeaning::Nothing
-                }
-                _ => LineMeaning::Nothing,
-            };
+                };
+            }
         }
         if let Multiline::Open(open) = self.multiline {
             // RFC 959 §4.2: a multi-line reply ends at the first line that starts with the
@@ -340,7 +372,11 @@ impl Session {
             // 1yz is preliminary (RFC 959 §4.2): the final reply is still to come.
             return LineMeaning::Nothing;
         }
-        let answered = self.answered(ack);
+        let answered = if self.after_loss {
+            self.answered_after_loss(code, ack)
+        } else {
+            self.answered(ack)
+        };
         // 234 starts TLS even when its AUTH was lost in a gap: reading on would mean
         // reading ciphertext as lines. Commands sent inside TLS are invisible, so nothing
         // outstanding can be answered in clear text afterwards.
