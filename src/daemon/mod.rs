@@ -57,13 +57,20 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         .map(platform::resolve_target)
         .transpose()?;
     let mut firewall = platform::open_firewall(settings, target.as_ref())?;
+    if settings.check {
+        return check_only(settings, target.as_ref(), firewall.as_mut());
+    }
     firewall.check().context("firewall check")?;
+    // A ruleset that feeds nothing to the queue gives a daemon that waits in silence.
+    if let Err(e) = firewall.check_ruleset(&feed(settings)) {
+        log::warn!(
+            "{}; see ftp6proxy --check",
+            e.to_string().replace('\n', "; ")
+        );
+    }
     // Binding the queue or divert port is exclusive: only the instance that gets it may
     // clean the firewall of leftovers, never a second one started by mistake.
     let intercept = platform::open_intercept(settings, target.as_ref())?;
-    if settings.check {
-        return check_only(settings, intercept);
-    }
     // The kernel's drop counters for the intercept, opened where the queue lives.
     let overflow = platform::overflow_watch(settings, target.as_ref());
     // What an earlier run left: live holes that expire by themselves are adopted (a
@@ -349,10 +356,51 @@ fn chroot_only(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--check`: everything was opened and checked; say what would run.
-fn check_only(settings: &Settings, intercept: platform::PlatformIntercept) -> anyhow::Result<i32> {
-    drop(intercept);
-    privdrop::resolve(settings.user.as_deref())?;
+/// What the intercept needs the ruleset to send it.
+fn feed(settings: &Settings) -> crate::firewall::Feed {
+    crate::firewall::Feed {
+        queue: settings.port,
+        ftp_ports: settings.engine.ftp_ports.to_vec(),
+    }
+}
+
+/// `--check`: the sets, the intercept socket, the rules that feed it and use the holes,
+/// and the `-u` user, each checked and every missing piece named; exit 1 if any is.
+fn check_only(
+    settings: &Settings,
+    target: Option<&crate::jail::Target>,
+    firewall: &mut dyn crate::firewall::Firewall,
+) -> anyhow::Result<i32> {
+    let mut missing = Vec::new();
+    if let Err(e) = firewall.check() {
+        missing.push(format!("firewall: {e}"));
+    }
+    match platform::open_intercept(settings, target) {
+        Ok(intercept) => drop(intercept),
+        Err(e) => missing.push(format!("{e:#}")),
+    }
+    match firewall.check_ruleset(&feed(settings)) {
+        Ok(lines) => lines.iter().for_each(|l| println!("ftp6proxy: {l}")),
+        Err(e) => missing.push(format!("ruleset: {e}")),
+    }
+    match (privdrop::resolve(settings.user.as_deref()), &settings.user) {
+        (Ok(id), Some(user)) => println!("ftp6proxy: user: -u {user} is uid {}", id.uid),
+        (Ok(id), None) => println!(
+            "ftp6proxy: user: uid/gid {} (the default; -u to choose)",
+            id.uid
+        ),
+        (Err(e), _) => missing.push(format!("user: {e:#}")),
+    }
+    if !missing.is_empty() {
+        for m in &missing {
+            eprintln!("ftp6proxy: {m}");
+        }
+        eprintln!(
+            "ftp6proxy: configuration NOT OK ({} problems)",
+            missing.len()
+        );
+        return Ok(1);
+    }
     println!("ftp6proxy: configuration OK");
     println!("{}", describe(settings));
     Ok(0)

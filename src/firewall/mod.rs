@@ -15,6 +15,8 @@ pub mod exec;
 pub mod ipfw;
 #[cfg(target_os = "linux")]
 pub mod nft;
+#[cfg(target_os = "linux")]
+pub mod nft_ruleset;
 pub mod pf;
 
 /// Why a firewall operation failed.
@@ -52,6 +54,21 @@ pub trait Firewall {
     /// [`Error::Setup`] with instructions when it is not.
     fn check(&mut self) -> Result<(), Error>;
 
+    /// `--check` (and a warning at start): does the kernel's ruleset feed the intercept
+    /// with the FTP control packets of both directions, and does a rule let new connections
+    /// through the holes? Returns one line per piece found (and notes that do not fail).
+    /// A backend that cannot read its ruleset says so in its one line.
+    ///
+    /// # Errors
+    /// [`Error::Setup`] naming each missing piece.
+    fn check_ruleset(&mut self, feed: &Feed) -> Result<Vec<String>, Error> {
+        let _ = feed;
+        Ok(vec![
+            "the ruleset's queue/divert and hole rules are not read by this backend's check"
+                .to_owned(),
+        ])
+    }
+
     /// Removes every hole a previous run may have left; returns how many were removed.
     ///
     /// # Errors
@@ -88,6 +105,15 @@ pub trait Firewall {
             removed: self.flush_owned()?,
         })
     }
+}
+
+/// What the intercept needs the ruleset to send it, for [`Firewall::check_ruleset`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feed {
+    /// The NFQUEUE number or divert port (`-p`).
+    pub queue: u16,
+    /// The FTP control ports (`--ftp-ports`).
+    pub ftp_ports: Vec<u16>,
 }
 
 /// What [`Firewall::take_over`] found.

@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use ftp6proxy_core::{Family, FwAction, HoleSpec, Slot};
 
-use super::{Error, Firewall, TakeOver};
+use super::nft_ruleset::{self, AnonSets, Chain, Needs, Rule};
+use super::{Error, Feed, Firewall, TakeOver};
 use crate::netlink::{
     self, attrs, messages, nfnl_type, split_nfgenmsg, MsgBuilder, Socket, NFNL_MSG_BATCH_BEGIN,
     NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE,
@@ -881,6 +882,81 @@ impl Nft {
         }
     }
 
+    /// Runs one dump request and returns the bodies of its `answer` messages.
+    fn dump(
+        &mut self,
+        request: &[u8],
+        seq: u32,
+        answer: u8,
+        what: &str,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let ty = nfnl_type(NFNL_SUBSYS_NFTABLES, answer);
+        let mut bodies = Vec::new();
+        let answers = self.talk(
+            request,
+            &[seq],
+            None,
+            |msg| {
+                if msg.ty == ty {
+                    bodies.push(msg.payload.to_vec());
+                }
+                Ok(())
+            },
+            what,
+        )?;
+        match answers.first_error() {
+            None => Ok(bodies),
+            Some((_, errno)) => Err(kernel_error(what, errno)),
+        }
+    }
+
+    /// Every chain and rule of every table, and the ports of the anonymous sets the rules
+    /// look ports up in (`tcp dport { 21, 2121 }`).
+    fn read_ruleset(&mut self) -> Result<(Vec<Chain>, Vec<Rule>, AnonSets), Error> {
+        let bad = |what: &str, e: netlink::ParseError| Error::Io {
+            context: what.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        };
+        let seq = self.seqs(1);
+        let request = nft_ruleset::build_dump(nft_ruleset::NFT_MSG_GETCHAIN, seq);
+        let chains = self
+            .dump(
+                &request,
+                seq,
+                nft_ruleset::NFT_MSG_NEWCHAIN,
+                "list nftables chains",
+            )?
+            .iter()
+            .map(|b| nft_ruleset::parse_chain(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("read nftables chains", e))?;
+        let seq = self.seqs(1);
+        let request = nft_ruleset::build_dump(nft_ruleset::NFT_MSG_GETRULE, seq);
+        let rules = self
+            .dump(
+                &request,
+                seq,
+                nft_ruleset::NFT_MSG_NEWRULE,
+                "list nftables rules",
+            )?
+            .iter()
+            .map(|b| nft_ruleset::parse_rule(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("read nftables rules", e))?;
+        let mut anon = AnonSets::new();
+        for (family, table, set) in nft_ruleset::anonymous_sets(&rules) {
+            let seq = self.seqs(1);
+            let request = nft_ruleset::build_dump_set(family, &table, &set, seq);
+            let what = format!("list nftables set {set} of table {table}");
+            let mut elems = Vec::new();
+            for body in self.dump(&request, seq, nft_ruleset::NFT_MSG_NEWSETELEM, &what)? {
+                elems.extend(nft_ruleset::parse_set_elems(&body).map_err(|e| bad(&what, e))?);
+            }
+            anon.insert((family, table, set), nft_ruleset::port_ranges(&elems));
+        }
+        Ok((chains, rules, anon))
+    }
+
     /// Counts the elements of `set`.
     fn count_elems(&mut self, set: &str) -> Result<usize, Error> {
         Ok(self.list_elems(set)?.len())
@@ -937,6 +1013,32 @@ impl Firewall for Nft {
             "{}; fix with:\n  {}",
             problems.join("; "),
             fixes.join("\n  ")
+        )))
+    }
+
+    /// Reads the whole ruleset over netlink (`nft_ruleset`): a rule must feed NFQUEUE `-p`
+    /// for both directions of every FTP port, and a rule in our table must accept new
+    /// connections found in each hole set.
+    fn check_ruleset(&mut self, feed: &Feed) -> Result<Vec<String>, Error> {
+        let (chains, rules, anon) = self.read_ruleset()?;
+        let needs = Needs {
+            queue: feed.queue,
+            ftp_ports: feed.ftp_ports.clone(),
+            table_family: self.cfg.family_id,
+            table: self.cfg.table.clone(),
+            set6: self.cfg.set_name(Family::V6),
+            set4: self.cfg.set_name(Family::V4),
+        };
+        let report = nft_ruleset::analyse(&needs, &chains, &rules, &anon);
+        let mut lines = report.found;
+        lines.extend(report.notes.iter().map(|n| format!("note: {n}")));
+        if report.missing.is_empty() {
+            return Ok(lines);
+        }
+        Err(Error::Setup(format!(
+            "the ruleset is incomplete:\n  missing: {}{}",
+            report.missing.join("\n  missing: "),
+            lines.iter().map(|l| format!("\n  {l}")).collect::<String>()
         )))
     }
 
