@@ -44,6 +44,115 @@ impl FirewallKind {
     }
 }
 
+/// EX_UNAVAILABLE from sysexits(3): a service is unavailable. A copy mode is accepted on
+/// the command line but not wired into the daemon yet.
+pub const EX_UNAVAILABLE: i32 = 69;
+
+/// How packets reach the daemon (`--intercept`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterceptKind {
+    /// FreeBSD, inline: divert(4) from ipfw `divert` (or pf `divert-to`); the default there.
+    Divert,
+    /// FreeBSD, copies: ipfw `tee PORT` to a divert socket bound to `-p`, only read.
+    Tee,
+    /// FreeBSD, copies: ipfw `ngtee COOKIE` to ng_ipfw(4)'s hook named by `-p`.
+    Netgraph,
+    /// Linux, inline: the NFQUEUE `-p`; the default there.
+    Nfqueue,
+    /// Linux, copies: the nfnetlink_log group `-p` (nft `log group`, iptables `NFLOG`).
+    Nflog,
+}
+
+impl InterceptKind {
+    /// Every kind, as the command line spells it.
+    pub const ALL: [InterceptKind; 5] = [
+        InterceptKind::Divert,
+        InterceptKind::Tee,
+        InterceptKind::Netgraph,
+        InterceptKind::Nfqueue,
+        InterceptKind::Nflog,
+    ];
+
+    /// The platform's default: the inline kind.
+    pub fn platform_default() -> InterceptKind {
+        if cfg!(target_os = "linux") {
+            InterceptKind::Nfqueue
+        } else {
+            InterceptKind::Divert
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            InterceptKind::Divert => "divert",
+            InterceptKind::Tee => "tee",
+            InterceptKind::Netgraph => "netgraph",
+            InterceptKind::Nfqueue => "nfqueue",
+            InterceptKind::Nflog => "nflog",
+        }
+    }
+
+    /// Whether the daemon reads copies (and holds nothing) rather than the packets.
+    pub fn is_copy(self) -> bool {
+        matches!(
+            self,
+            InterceptKind::Tee | InterceptKind::Netgraph | InterceptKind::Nflog
+        )
+    }
+
+    /// The operating system that has it.
+    pub fn platform(self) -> &'static str {
+        match self {
+            InterceptKind::Divert | InterceptKind::Tee | InterceptKind::Netgraph => "FreeBSD",
+            InterceptKind::Nfqueue | InterceptKind::Nflog => "Linux",
+        }
+    }
+
+    /// Whether this build's platform has it.
+    pub fn available(self) -> bool {
+        match self {
+            InterceptKind::Nfqueue | InterceptKind::Nflog => cfg!(target_os = "linux"),
+            InterceptKind::Divert | InterceptKind::Tee | InterceptKind::Netgraph => {
+                cfg!(target_os = "freebsd")
+            }
+        }
+    }
+
+    /// Reads `--intercept KIND`: a known kind this platform has.
+    ///
+    /// # Errors
+    /// [`UsageError`] naming the value and what this platform offers.
+    pub fn parse(text: &str) -> Result<InterceptKind, UsageError> {
+        let offered = || {
+            InterceptKind::ALL
+                .iter()
+                .filter(|k| k.available())
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let kind = InterceptKind::ALL
+            .into_iter()
+            .find(|k| k.name() == text.trim())
+            .ok_or_else(|| {
+                usage(format!(
+                    "--intercept {text:?}: unknown kind (divert, tee, netgraph on FreeBSD; \
+                     nfqueue, nflog on Linux)"
+                ))
+            })?;
+        if !kind.available() {
+            return Err(usage(format!(
+                "--intercept {}: {} only; this build offers {}",
+                kind.name(),
+                kind.platform(),
+                offered()
+            )));
+        }
+        Ok(kind)
+    }
+}
+
 /// The raw command line, as clap parses it.
 #[derive(Debug, Parser)]
 #[command(
@@ -120,6 +229,9 @@ pub struct Args {
     /// ipfw: start even if net.inet.ip.fw.dyn_keep_states=0 (closing a hole then cuts its transfer)
     #[arg(long = "ipfw-allow-state-loss")]
     pub ipfw_allow_state_loss: bool,
+    /// How packets arrive: divert (FreeBSD) or nfqueue (Linux) hold each control packet until its hole is open; tee, netgraph (FreeBSD) or nflog (Linux) read copies and hold nothing [default: divert on FreeBSD, nfqueue on Linux]
+    #[arg(long, value_name = "kind")]
+    pub intercept: Option<String>,
     /// Check the configuration, firewall and permissions, print what would be done, and exit
     #[arg(long)]
     pub check: bool,
@@ -211,6 +323,8 @@ pub struct Settings {
     pub nft_table: NftTable,
     /// `--ipfw-allow-state-loss`.
     pub ipfw_allow_state_loss: bool,
+    /// `--intercept`.
+    pub intercept: InterceptKind,
     /// `--check`.
     pub check: bool,
     /// `--replay`: the capture to replay instead of running the daemon.
@@ -316,6 +430,10 @@ impl Args {
                 )))
             }
         };
+        let intercept = match &self.intercept {
+            Some(text) => InterceptKind::parse(text)?,
+            None => InterceptKind::platform_default(),
+        };
         let firewall = self.firewall.unwrap_or_else(FirewallKind::platform_default);
         // 65535 is ipfw's default rule, always present and never ours
         // (sys/netinet/ip_fw.h: `#define IPFW_DEFAULT_RULE 65535`, "the last one").
@@ -396,10 +514,25 @@ impl Args {
             anchor: self.anchor,
             nft_table,
             ipfw_allow_state_loss: self.ipfw_allow_state_loss,
+            intercept,
             check: self.check,
             replay: self.replay,
         })
     }
+}
+
+/// The one line a copy mode must refuse to start with until the daemon's processes are
+/// wired for it, or `None` for an inline mode (and for `--replay`, which reads a capture,
+/// not an intercept). A copy mode must never quietly run as an inline one.
+pub fn copy_mode_not_wired(settings: &Settings) -> Option<String> {
+    (settings.intercept.is_copy() && settings.replay.is_none()).then(|| {
+        format!(
+            "ftp6proxy: --intercept {}: copy mode is not wired into the daemon yet \
+             (issue 11); use --intercept {} for now",
+            settings.intercept.name(),
+            InterceptKind::platform_default().name()
+        )
+    })
 }
 
 /// What `main` should do after parsing.
@@ -649,6 +782,113 @@ mod tests {
             panic!("-h prints help")
         };
         assert!(help.contains("--replay <file>"), "{help}");
+    }
+
+    #[test]
+    fn intercept_defaults_to_the_platforms_inline_kind() {
+        let s = settings(&[]);
+        assert_eq!(s.intercept, InterceptKind::platform_default());
+        assert!(!s.intercept.is_copy());
+        assert_eq!(copy_mode_not_wired(&s), None);
+        let native = if cfg!(target_os = "linux") {
+            "nfqueue"
+        } else {
+            "divert"
+        };
+        assert_eq!(s.intercept.name(), native);
+    }
+
+    #[test]
+    fn intercept_kinds_of_this_platform_are_read() {
+        let ours: &[(&str, InterceptKind)] = if cfg!(target_os = "linux") {
+            &[
+                ("nfqueue", InterceptKind::Nfqueue),
+                ("nflog", InterceptKind::Nflog),
+            ]
+        } else {
+            &[
+                ("divert", InterceptKind::Divert),
+                ("tee", InterceptKind::Tee),
+                ("netgraph", InterceptKind::Netgraph),
+            ]
+        };
+        for &(text, kind) in ours {
+            assert_eq!(settings(&["--intercept", text]).intercept, kind, "{text}");
+        }
+    }
+
+    #[test]
+    fn intercept_kind_of_the_other_platform_is_a_usage_error() {
+        let theirs: &[&str] = if cfg!(target_os = "linux") {
+            &["divert", "tee", "netgraph"]
+        } else {
+            &["nfqueue", "nflog"]
+        };
+        for text in theirs {
+            let line = usage_error(&["--intercept", text]);
+            assert!(
+                line.starts_with(&format!("ftp6proxy: --intercept {text}: ")),
+                "{line}"
+            );
+            assert!(line.contains(" only; this build offers "), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn unknown_intercept_kind_is_a_usage_error() {
+        for text in ["", "queue", "NFLOG", "divert,tee", "pflog"] {
+            let line = usage_error(&["--intercept", text]);
+            assert!(line.starts_with("ftp6proxy: --intercept "), "{line}");
+            assert!(line.contains("unknown kind"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        assert!(usage_error(&["--intercept"]).contains("--intercept"));
+    }
+
+    #[test]
+    fn copy_modes_refuse_to_start_until_wired() {
+        let copy = if cfg!(target_os = "linux") {
+            "nflog"
+        } else {
+            "tee"
+        };
+        let s = settings(&["--intercept", copy]);
+        assert!(s.intercept.is_copy());
+        let line = copy_mode_not_wired(&s).expect("a copy mode must not start as inline");
+        assert!(
+            line.starts_with(&format!(
+                "ftp6proxy: --intercept {copy}: copy mode is not wired"
+            )),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        let check = settings(&["--intercept", copy, "--check"]);
+        assert!(copy_mode_not_wired(&check).is_some(), "--check too");
+        let replay = settings(&["--intercept", copy, "--replay", "x.pcap"]);
+        assert_eq!(
+            copy_mode_not_wired(&replay),
+            None,
+            "--replay reads no intercept"
+        );
+    }
+
+    #[test]
+    fn every_kind_has_one_platform_and_copy_kinds_are_three() {
+        let copies: Vec<&str> = InterceptKind::ALL
+            .iter()
+            .filter(|k| k.is_copy())
+            .map(|k| k.name())
+            .collect();
+        assert_eq!(copies, ["tee", "netgraph", "nflog"]);
+        assert_eq!(
+            InterceptKind::ALL.iter().filter(|k| k.available()).count(),
+            if cfg!(target_os = "linux") { 2 } else { 3 }
+        );
+        let Parsed::Print(help) = run(&["-h"]) else {
+            panic!("-h prints help")
+        };
+        assert!(help.contains("--intercept <kind>"), "{help}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Raw `NETLINK_NETFILTER` plumbing shared by the NFQUEUE intercept and the nftables firewall.
+//! Raw `NETLINK_NETFILTER` plumbing shared by the NFQUEUE intercept, the NFLOG copy source
+//! and the nftables firewall.
 //!
 //! Owns the netlink wire format (message headers, `nfgenmsg`, attribute TLVs, `NLMSG_ERROR`
 //! acknowledgements) and one thin socket type. Knows nothing about queues, tables or sets:
@@ -50,6 +51,8 @@ pub const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
 pub const NFNETLINK_V0: u8 = 0;
 /// `NFNL_SUBSYS_QUEUE`: nfnetlink_queue.
 pub const NFNL_SUBSYS_QUEUE: u8 = 3;
+/// `NFNL_SUBSYS_ULOG`: nfnetlink_log.
+pub const NFNL_SUBSYS_ULOG: u8 = 4;
 /// `NFNL_SUBSYS_NFTABLES`: nf_tables.
 pub const NFNL_SUBSYS_NFTABLES: u8 = 10;
 /// `NFNL_MSG_BATCH_BEGIN` (= `NLMSG_MIN_TYPE`): opens a transaction; `res_id` names the
@@ -548,24 +551,62 @@ impl Socket {
     /// # Errors
     /// The recv error (`WouldBlock` when nothing waits), or a truncated datagram.
     pub fn recv(&self, buf: &mut [u8], dontwait: bool) -> io::Result<usize> {
-        let flags = libc::MSG_TRUNC | if dontwait { libc::MSG_DONTWAIT } else { 0 };
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        let got = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast::<libc::c_void>(),
-                buf.len(),
-                flags,
-            )
-        };
-        let got = usize::try_from(got).map_err(|_| io::Error::last_os_error())?;
-        if got > buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("netlink datagram of {got} bytes cut to {}", buf.len()),
-            ));
+        recv_datagram(&self.fd, buf, dontwait)
+    }
+
+    /// Sends one request carrying `NLM_F_ACK` and reads the kernel's answer to `seq` (the
+    /// socket must still be blocking: the kernel answers configuration requests before
+    /// `sendto` returns).
+    ///
+    /// # Errors
+    /// The send or receive error, or the errno the kernel answered with.
+    pub fn request(&self, bytes: &[u8], seq: u32) -> io::Result<()> {
+        self.send(bytes)?;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = self.recv(&mut buf, false)?;
+            for msg in messages(&buf[..n]) {
+                let msg = msg.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if msg.ty == NLMSG_ERROR && msg.seq == seq {
+                    let errno = parse_error(msg.payload)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    return if errno == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(errno))
+                    };
+                }
+            }
         }
-        Ok(got)
+    }
+
+    /// Whether the kernel lets this process configure netfilter over netlink, asked with a
+    /// `NFT_MSG_GETGEN` request: it passes the same CAP_NET_ADMIN check as every
+    /// nfnetlink message (`nfnetlink_rcv`) and changes nothing. Tells "needs
+    /// CAP_NET_ADMIN" from "another socket holds it", which the kernel answers with the
+    /// same EPERM when binding a queue or a log group.
+    pub fn may_configure(&mut self) -> bool {
+        let seq = self.next_seq();
+        let mut b = MsgBuilder::new();
+        // NFT_MSG_GETGEN = 16 (nf_tables.h)
+        b.begin(
+            nfnl_type(NFNL_SUBSYS_NFTABLES, 16),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            0,
+            0,
+        )
+        .end();
+        !matches!(
+            self.request(&b.finish(), seq).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EPERM))
+        )
+    }
+
+    /// Gives up the ability to send: what a copy source keeps once its configuration is
+    /// acknowledged ([`RecvOnly`]).
+    pub fn into_recv_only(self) -> RecvOnly {
+        RecvOnly { fd: self.fd }
     }
 }
 
@@ -573,6 +614,63 @@ impl AsRawFd for Socket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// A `NETLINK_NETFILTER` socket that can only be read: it has no send method, so code
+/// holding it cannot bind, unbind or configure anything through it. (The descriptor itself
+/// could still be written with raw syscalls; the kernel then checks CAP_NET_ADMIN on every
+/// message it is sent, `nfnetlink_rcv` in net/netfilter/nfnetlink.c, so a process without
+/// that capability changes nothing either way.)
+#[derive(Debug)]
+pub struct RecvOnly {
+    fd: OwnedFd,
+}
+
+impl RecvOnly {
+    /// The descriptor, to hand to another process.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// Wraps a descriptor that [`RecvOnly::into_fd`] gave out.
+    pub fn from_fd(fd: OwnedFd) -> RecvOnly {
+        RecvOnly { fd }
+    }
+
+    /// As [`Socket::recv`].
+    ///
+    /// # Errors
+    /// The recv error (`WouldBlock` when nothing waits), or a truncated datagram.
+    pub fn recv(&self, buf: &mut [u8], dontwait: bool) -> io::Result<usize> {
+        recv_datagram(&self.fd, buf, dontwait)
+    }
+}
+
+impl AsRawFd for RecvOnly {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn recv_datagram(fd: &OwnedFd, buf: &mut [u8], dontwait: bool) -> io::Result<usize> {
+    let flags = libc::MSG_TRUNC | if dontwait { libc::MSG_DONTWAIT } else { 0 };
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let got = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+            buf.len(),
+            flags,
+        )
+    };
+    let got = usize::try_from(got).map_err(|_| io::Error::last_os_error())?;
+    if got > buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("netlink datagram of {got} bytes cut to {}", buf.len()),
+        ));
+    }
+    Ok(got)
 }
 
 /// The kernel's address (pid 0, no multicast groups); also our bind address, where pid 0

@@ -1,14 +1,29 @@
-//! Packet intercept backends: receive diverted/queued packets and pass them on unchanged.
+//! Packet intercept backends: receive diverted/queued packets and pass them on unchanged
+//! (inline mode), or read copies of them and send nothing at all (copy mode).
 //!
-//! Owns the OS interface that hands us packets (NFQUEUE on Linux, divert(4) on FreeBSD).
-//! Parses nothing past what the OS hands over (the NFQUEUE packet id, the divert sockaddr).
-//! Never modifies a packet: DESIGN.md invariant 1.
+//! Owns the OS interfaces that hand us packets: NFQUEUE (inline) and NFLOG (copies) on
+//! Linux; divert(4) (inline), ipfw `tee` to a divert socket and ipfw `ngtee` to an
+//! ng_socket(4) (copies) on FreeBSD. Parses nothing past what the OS hands over (the
+//! NFQUEUE packet id, the divert sockaddr, the NFLOG attributes, the netgraph hook name).
+//! Never modifies a packet: DESIGN.md invariant 1. Must not touch the firewall rules that
+//! feed it: they are the administrator's.
+//!
+//! Two traits, one per mode: [`Intercept`] can pass packets on; [`CopySource`] can only
+//! read. A copy source's type holds nothing that sends: that is what lets the process
+//! reading copies run with no capability at all (issue 11).
 
 #[cfg(target_os = "freebsd")]
 pub mod divert;
 pub mod divert_addr;
+#[cfg(target_os = "freebsd")]
+pub mod netgraph;
+pub mod netgraph_msg;
+#[cfg(target_os = "linux")]
+pub mod nflog;
 #[cfg(target_os = "linux")]
 pub mod nfqueue;
+#[cfg(target_os = "freebsd")]
+pub mod tee;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -54,6 +69,62 @@ pub trait Intercept: AsRawFd {
     /// # Errors
     /// A socket error.
     fn pass_held(&mut self, held: Self::Held) -> io::Result<()>;
+}
+
+/// One packet copy, borrowed from the copy source's receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketCopy<'a> {
+    /// The packet, starting at the IP header (possibly cut short: see `cut`).
+    pub bytes: &'a [u8],
+    /// Whether its TCP checksum can be checked. Only a source that completes delayed
+    /// checksums before copying (divert(4), so ipfw `tee`) says `Verify`.
+    pub checksum: Checksum,
+    /// What the OS said about the packet besides its bytes.
+    pub meta: CopyMeta,
+}
+
+/// What a copy source knows about a packet besides its bytes; each field is `None` when the
+/// source does not say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyMeta {
+    /// Linux: the netfilter hook the copy was taken at (`NF_INET_*`: 1 INPUT, 2 FORWARD,
+    /// 3 OUTPUT, ...).
+    pub hook: Option<u8>,
+    /// Linux: the interface index the packet came in on.
+    pub indev: Option<u32>,
+    /// Linux: the interface index the packet goes out on.
+    pub outdev: Option<u32>,
+    /// FreeBSD `tee`: the number of the ipfw rule that copied it.
+    pub rule: Option<u16>,
+    /// FreeBSD `tee`: `Some(true)` when the packet was seen on its way in (divert(4)
+    /// puts the receiving interface's IPv4 address in the sockaddr only then), else
+    /// `Some(false)` (which is also what an inbound IPv6 packet on an interface without
+    /// IPv4 looks like: see `divert_addr`).
+    pub inbound: Option<bool>,
+    /// The packet's real length when `bytes` holds less of it.
+    pub cut: Option<u32>,
+}
+
+/// A source of packet copies (copy mode): ipfw `tee` or `ngtee` on FreeBSD, an NFLOG group
+/// on Linux. Registered in the event loop by its fd.
+///
+/// Read-only by construction: the trait has no way to pass, drop, reinject or change
+/// anything, and no implementation keeps one. The packets it copies went on without
+/// waiting for us, so a hole opened for an announcement can come after the announcing
+/// packet (DESIGN.md invariant 2, copy modes).
+pub trait CopySource: AsRawFd {
+    /// Reads the next waiting copy, or `None` when nothing is waiting (the fd is
+    /// non-blocking).
+    ///
+    /// # Errors
+    /// A socket error other than "would block" or a buffer overflow (overflows are
+    /// counted in [`CopySource::lost`] and reading goes on).
+    fn recv(&mut self) -> io::Result<Option<PacketCopy<'_>>>;
+
+    /// How many copies are known to have been lost so far (the socket buffer overflowed,
+    /// or the source's own sequence numbers jumped). A lost copy is a gap in a stream,
+    /// which the engine recovers from; holes announced in it are missed.
+    fn lost(&self) -> u64;
 }
 
 /// The kernel's drop counters of one NFQUEUE (Linux `/proc/net/netfilter/nfnetlink_queue`,

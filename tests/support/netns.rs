@@ -25,13 +25,22 @@ impl Netns {
     /// # Panics
     /// When not root (loudly: these tests need root), or when `ip` fails.
     pub fn enter() -> Netns {
+        Netns::enter_named("f6p-nl")
+    }
+
+    /// As [`Netns::enter`], named `<prefix>-<pid>-<n>` (tests that must not share the
+    /// lab's `f6p-*` names use their own prefix).
+    ///
+    /// # Panics
+    /// As [`Netns::enter`].
+    pub fn enter_named(prefix: &str) -> Netns {
         assert!(
             nix::unistd::geteuid().is_root(),
             "the netlink integration tests need root (network namespaces, CAP_NET_ADMIN); \
              run `cargo test` as root"
         );
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("f6p-nl-{}-{n}", std::process::id());
+        let name = format!("{prefix}-{}-{n}", std::process::id());
         run(&["ip", "netns", "add", &name]);
         // From here on Drop removes the namespace, whatever happens.
         let ns = Netns { name };
