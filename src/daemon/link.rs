@@ -2,9 +2,9 @@
 //! are, and what a non-blocking send can answer.
 //!
 //! Owns socket creation and sizing for every inter-process link (monitor ↔ worker,
-//! worker ↔ parser, the log link) and the classification of a send's outcome. Knows no
-//! message format: those stay with the processes that speak them (`privsep`, `parser`,
-//! `logging`).
+//! worker ↔ parser, parser ↔ monitor, the log link), the classification of a send's
+//! outcome, and passing a descriptor over a link (`SCM_RIGHTS`). Knows no message format:
+//! those are `messages`'.
 //!
 //! Sizes are set on purpose, never left to the system's defaults. FreeBSD 14 gives a
 //! `SOCK_SEQPACKET` socket 8 KiB of send space (sys/kern/uipc_usrreq.c:
@@ -110,6 +110,84 @@ pub fn send_nonblocking(socket: &OwnedFd, bytes: &[u8]) -> Sent {
             Err(Errno::EMSGSIZE) => return Sent::TooBig,
             Err(_) => return Sent::Gone,
         }
+    }
+}
+
+/// Sends `bytes` as one message on `socket` with `fd` attached (`SCM_RIGHTS`): the
+/// receiver gets its own descriptor for the same open socket or file.
+///
+/// # Errors
+/// When sendmsg(2) fails.
+pub fn send_with_fd(socket: &OwnedFd, bytes: &[u8], fd: &OwnedFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    let fds = [fd.as_raw_fd()];
+    let iov = [io::IoSlice::new(bytes)];
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        ) {
+            Err(Errno::EINTR) => {}
+            other => return other.map(drop).map_err(io::Error::from),
+        }
+    }
+}
+
+/// What one non-blocking [`recv_with_fd`] found.
+#[derive(Debug)]
+pub enum Received {
+    /// A message, with the descriptor it carried, if any (extra ones are closed).
+    Message(Vec<u8>, Option<OwnedFd>),
+    /// Nothing waiting.
+    Empty,
+    /// The peer closed the link.
+    Gone,
+}
+
+/// Receives one short message (at most 64 bytes) and the descriptor it may carry,
+/// without blocking.
+///
+/// # Errors
+/// When recvmsg(2) fails other than by "would block".
+pub fn recv_with_fd(socket: &OwnedFd) -> io::Result<Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 64];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    loop {
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let message = match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(message) => message,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(Received::Empty),
+            Err(e) => return Err(e.into()),
+        };
+        let mut fds = Vec::new();
+        for cmsg in message.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                // SAFETY: the kernel just installed these descriptors for this process;
+                // nothing else owns them.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let n = message.bytes;
+        if n == 0 && fds.is_empty() {
+            return Ok(Received::Gone);
+        }
+        let first = (!fds.is_empty()).then(|| fds.swap_remove(0));
+        return Ok(Received::Message(buf[..n].to_vec(), first));
     }
 }
 

@@ -1,7 +1,7 @@
 //! Log output: syslog(3) when detached, stderr in the foreground with `-d -d` — written by
 //! the monitor alone; the worker and the parser forward their lines to it.
 //!
-//! Owns the one `log` backend of each process and the log link's message format. The
+//! Owns the one `log` backend of each process (the log link's format is `messages`'). The
 //! monitor writes with the C library's syslog(3) (or to stderr). The worker and the
 //! parser cannot: they are chrooted, the parser is in Capsicum capability mode, and libc's
 //! syslog reconnects by `connect(2)` to /var/run/log (lib/libc/gen/syslog.c), which a
@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+use super::messages::{decode_log_line, encode_log_line, Process};
 use crate::cli::{Facility, Foreground};
 
 /// Where lines go.
@@ -33,92 +34,12 @@ struct Logger {
     sink: Sink,
 }
 
-/// Which process a line comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Process {
-    /// The privileged monitor (writes its own lines).
-    Monitor = 0,
-    /// The unprivileged packet mover.
-    Worker = 1,
-    /// The sandboxed engine.
-    Parser = 2,
-}
-
-impl Process {
-    fn name(self) -> &'static str {
-        match self {
-            Process::Monitor => "monitor",
-            Process::Worker => "worker",
-            Process::Parser => "parser",
-        }
-    }
-
-    fn from_byte(byte: u8) -> Option<Process> {
-        match byte {
-            0 => Some(Process::Monitor),
-            1 => Some(Process::Worker),
-            2 => Some(Process::Parser),
-            _ => None,
-        }
-    }
-}
-
-/// Longest text forwarded on the log link; longer lines are cut (and say so).
-pub const MAX_FORWARDED: usize = 2048;
-
 /// The log link's descriptor in a forwarding process (-1: write locally).
 static FORWARD_FD: AtomicI32 = AtomicI32::new(-1);
 /// The forwarding process's [`Process`] byte.
 static FORWARD_AS: AtomicU8 = AtomicU8::new(Process::Monitor as u8);
 /// Lines a forwarding process could not send (the monitor's buffer was full).
 static FORWARD_DROPPED: AtomicU64 = AtomicU64::new(0);
-
-fn level_byte(level: Level) -> u8 {
-    match level {
-        Level::Error => 1,
-        Level::Warn => 2,
-        Level::Info => 3,
-        Level::Debug => 4,
-        Level::Trace => 5,
-    }
-}
-
-fn level_from_byte(byte: u8) -> Option<Level> {
-    match byte {
-        1 => Some(Level::Error),
-        2 => Some(Level::Warn),
-        3 => Some(Level::Info),
-        4 => Some(Level::Debug),
-        5 => Some(Level::Trace),
-        _ => None,
-    }
-}
-
-/// One forwarded line: `[level][process][text...]`, the text cut at [`MAX_FORWARDED`].
-pub fn encode_forwarded(level: Level, process: Process, text: &str) -> Vec<u8> {
-    let mut cut = text.len().min(MAX_FORWARDED);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut out = Vec::with_capacity(2 + cut);
-    out.push(level_byte(level));
-    out.push(process as u8);
-    out.extend_from_slice(&text.as_bytes()[..cut]);
-    out
-}
-
-/// A forwarded line as the monitor will write it, or `None` for a datagram that is not
-/// one (a compromised parser may send anything: the text is bounded, control characters
-/// are escaped, and a wrong level or process byte drops it).
-pub fn decode_forwarded(bytes: &[u8]) -> Option<(Level, Process, String)> {
-    let (&level, rest) = bytes.split_first()?;
-    let (&process, text) = rest.split_first()?;
-    let level = level_from_byte(level)?;
-    let process = Process::from_byte(process).filter(|p| *p != Process::Monitor)?;
-    let text = String::from_utf8_lossy(&text[..text.len().min(MAX_FORWARDED)]);
-    Some((level, process, text.escape_debug().to_string()))
-}
 
 const IDENT: &std::ffi::CStr = c"ftp6proxy";
 
@@ -143,9 +64,12 @@ impl Log for Logger {
         let text = record.args().to_string();
         let forward = FORWARD_FD.load(Ordering::Relaxed);
         if forward >= 0 {
-            let process =
-                Process::from_byte(FORWARD_AS.load(Ordering::Relaxed)).unwrap_or(Process::Worker);
-            let message = encode_forwarded(record.level(), process, &text);
+            let process = if FORWARD_AS.load(Ordering::Relaxed) == Process::Parser as u8 {
+                Process::Parser
+            } else {
+                Process::Worker
+            };
+            let message = encode_log_line(record.level(), process, &text);
             // SAFETY: `forward` is the log link, kept open for the life of this process
             // (forward_to leaks it on purpose); message is valid for its length.
             let sent = unsafe {
@@ -241,12 +165,6 @@ pub fn forward_to(link: std::os::fd::OwnedFd, process: Process) {
     unsafe { libc::closelog() };
 }
 
-/// In a child that inherited a forwarding parent's link (the parser, forked by the
-/// worker): the same link, its own tag.
-pub fn forward_as(process: Process) {
-    FORWARD_AS.store(process as u8, Ordering::Relaxed);
-}
-
 /// Lines this process could not forward because the monitor's buffer was full.
 pub fn forward_dropped() -> u64 {
     FORWARD_DROPPED.load(Ordering::Relaxed)
@@ -255,7 +173,7 @@ pub fn forward_dropped() -> u64 {
 /// In the monitor: writes one datagram read from the log link, prefixed with the process
 /// it came from. A datagram that is not a log line is ignored.
 pub fn write_forwarded(bytes: &[u8]) {
-    let Some((level, process, text)) = decode_forwarded(bytes) else {
+    let Ok((level, process, text)) = decode_log_line(bytes) else {
         return;
     };
     if level > log::max_level() {
@@ -307,52 +225,6 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_lines_round_trip_with_level_and_process() {
-        let bytes = encode_forwarded(
-            Level::Warn,
-            Process::Parser,
-            "refused PORT from 2001:db8::1",
-        );
-        assert_eq!(
-            decode_forwarded(&bytes),
-            Some((
-                Level::Warn,
-                Process::Parser,
-                "refused PORT from 2001:db8::1".into()
-            ))
-        );
-    }
-
-    #[test]
-    fn forwarded_text_is_bounded_and_cut_on_a_character_boundary() {
-        let long = "é".repeat(MAX_FORWARDED);
-        let bytes = encode_forwarded(Level::Info, Process::Worker, &long);
-        assert!(bytes.len() <= 2 + MAX_FORWARDED);
-        let (_, _, text) = decode_forwarded(&bytes).unwrap();
-        assert!(text.chars().all(|c| c == 'é'));
-    }
-
-    /// A compromised parser may send anything on the log link: nothing it sends can
-    /// forge a second syslog line, pose as the monitor, or grow without bound.
-    #[test]
-    fn hostile_datagrams_are_escaped_or_dropped() {
-        let mut forged = vec![3, 2];
-        forged.extend_from_slice(b"ok\nftp6proxy: monitor: opened hole\0");
-        let (_, _, text) = decode_forwarded(&forged).unwrap();
-        assert!(!text.contains('\n') && !text.contains('\0'), "{text}");
-        assert_eq!(
-            decode_forwarded(&[3, 0, b'x']),
-            None,
-            "poses as the monitor"
-        );
-        assert_eq!(decode_forwarded(&[9, 1, b'x']), None, "unknown level");
-        assert_eq!(decode_forwarded(&[3, 7, b'x']), None, "unknown process");
-        assert_eq!(decode_forwarded(&[3]), None, "short");
-        let huge = [vec![3, 1], vec![b'a'; 100_000]].concat();
-        assert!(decode_forwarded(&huge).unwrap().2.len() <= MAX_FORWARDED);
-    }
-
-    #[test]
     fn a_forwarding_process_sends_whole_lines_to_its_link() {
         let (monitor_end, child_end) = super::super::link::datagram_pair().unwrap();
         init(
@@ -373,7 +245,7 @@ mod tests {
             &mut buf,
             nix::sys::socket::MsgFlags::MSG_DONTWAIT,
         ) {
-            lines.push(decode_forwarded(&buf[..n]));
+            lines.push(decode_log_line(&buf[..n]).ok());
         }
         assert!(
             lines.contains(&Some((

@@ -1,38 +1,39 @@
 //! Daemon plumbing: the order in which ftp6proxy comes up, splits in three, and goes down.
 //!
 //! Startup follows OpenBSD ftp-proxy's `main`: validate options (done in `cli`), lock the
-//! pidfile, enter the jail or network namespace (`-j`) before anything else is opened, open
-//! and check the firewall, bind the intercept socket (exclusive, so only one instance ever
-//! cleans up), remove what a crashed predecessor left, detach, then fork: the child becomes
-//! the unprivileged [`worker`] (packet I/O), which forks the sandboxed [`parser`] (the
-//! engine); the first process stays the privileged [`monitor`], which alone talks to the
-//! firewall. Owns process-level concerns only; no packet or FTP logic.
+//! pidfile, resolve the jail or network namespace (`-j`) the sockets are made in, open and
+//! check the firewall, bind the intercept socket (exclusive, so only one instance ever
+//! cleans up), deal with what a predecessor left, detach; then the process becomes the
+//! privileged [`monitor`], which alone talks to the firewall and starts its two children
+//! ([`spawn`]): the unprivileged [`worker`] (packet I/O) and the sandboxed [`parser`] (the
+//! engine), and starts them again when they die. Every message between the three is in
+//! [`messages`]. Owns process-level concerns only; no packet or FTP logic.
 
 pub mod handover;
 pub mod link;
 pub mod logging;
+pub mod messages;
 pub mod monitor;
 pub mod parser;
 pub mod pidfile;
 pub mod privdrop;
 pub mod privsep;
 pub mod signals;
+pub mod spawn;
 pub mod worker;
+
+#[cfg(test)]
+mod test_packets;
 
 mod platform;
 
-use std::os::fd::{OwnedFd, RawFd};
-
 use anyhow::Context;
-use ftp6proxy_core::Engine;
-use nix::unistd::{fork, ForkResult};
 
 use crate::cli::{FirewallKind, Foreground, Settings};
-use crate::firewall::Firewall;
 use pidfile::Pidfile;
 use privsep::Validator;
 use signals::SignalPipe;
-use worker::{Exit, Worker};
+use spawn::Handover;
 
 /// Runs the daemon; returns the process exit status.
 ///
@@ -110,212 +111,35 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         pidfile.write_pid()?;
     }
     log::info!("{}", describe(settings));
-    let (monitor_end, worker_end) = link::seqpacket_pair().context("socketpair for the worker")?;
     // The worker and the parser log through the monitor (see `logging`).
     let (log_reader, log_writer) = link::datagram_pair().context("socketpair for the log")?;
-    // Resolve the worker's identity while the password database is still reachable.
+    link::set_nonblocking(&log_reader).context("log link")?;
+    // Resolve the children's identity while the password database is still reachable.
     let identity = privdrop::resolve(settings.user.as_deref())?;
-    // SAFETY: single-threaded at this point; the child only continues with its own code.
-    match unsafe { fork() }.context("fork the worker")? {
-        ForkResult::Child => {
-            drop((monitor_end, log_reader));
-            logging::forward_to(log_writer, logging::Process::Worker);
-            drop(firewall);
-            drop(pidfile); // the monitor's descriptor keeps the lock
-                           // The worker gets a self-pipe of its own; installing it first means no signal
-                           // falls between the two.
-            let worker_signals = SignalPipe::install();
-            drop(signals);
-            let code = match worker_signals
-                .context("signal handlers")
-                .and_then(|signals| {
-                    run_worker(
-                        settings, intercept, worker_end, signals, &identity, handover,
-                    )
-                }) {
-                Ok(Exit::Terminated) => 0,
-                Ok(Exit::MonitorGone | Exit::ParserGone) => 1,
-                Err(e) => {
-                    log::error!("worker: {e:#}");
-                    1
-                }
-            };
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => {
-            drop((worker_end, log_writer, handover));
-            drop(intercept);
-            if settings.foreground != Foreground::Debug && settings.firewall == FirewallKind::Nft {
-                privdrop::confine_monitor().context("confine the monitor")?;
-            }
-            let validator = Validator::new(
-                settings.engine.base,
-                settings.engine.count,
-                settings.engine.ttl,
-            );
-            link::set_nonblocking(&log_reader).context("log link")?;
-            let code = monitor::run(
-                firewall.as_mut(),
-                validator,
-                monitor::Links {
-                    worker: monitor_end,
-                    log: log_reader,
-                    overflow,
-                },
-                child,
-                &signals,
-            );
-            log::info!("exiting");
-            if let Some(pidfile) = pidfile {
-                pidfile.remove();
-            }
-            Ok(code)
-        }
+    if settings.foreground != Foreground::Debug && settings.firewall == FirewallKind::Nft {
+        privdrop::confine_monitor().context("confine the monitor")?;
     }
-}
-
-/// The worker: forks the parser, confines itself, and runs the packet loop.
-fn run_worker(
-    settings: &Settings,
-    intercept: platform::PlatformIntercept,
-    monitor: OwnedFd,
-    signals: SignalPipe,
-    identity: &privdrop::Identity,
-    handover: Handover,
-) -> anyhow::Result<Exit> {
-    let (parser_link, parser_end) = link::seqpacket_pair().context("socketpair for the parser")?;
-    // SAFETY: single-threaded; the child only continues with its own code.
-    let parser = match unsafe { fork() }.context("fork the parser")? {
-        ForkResult::Child => {
-            // Nothing of the worker's stays open in the parser but its one socket.
-            drop((intercept, monitor, signals, parser_link));
-            logging::forward_as(logging::Process::Parser);
-            let code = match run_parser(settings, &parser_end, identity, handover) {
-                Ok(()) => 0,
-                Err(e) => {
-                    log::error!("parser: {e:#}");
-                    1
-                }
-            };
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => {
-            // Only the parser writes the hand-over.
-            drop(handover);
-            child
-        }
-    };
-    drop(parser_end);
-    // Messages queue in the worker when a peer is busy; the loop never blocks on one.
-    for socket in [&monitor, &parser_link] {
-        link::set_nonblocking(socket)?;
+    let validator = Validator::new(
+        settings.engine.base,
+        settings.engine.count,
+        settings.engine.ttl,
+    );
+    let children = spawn::Processes::new(settings, identity, intercept, log_writer, handover);
+    let code = monitor::run(
+        firewall.as_mut(),
+        validator,
+        children,
+        monitor::Links {
+            log: log_reader,
+            overflow,
+        },
+        &signals,
+    );
+    log::info!("exiting");
+    if let Some(pidfile) = pidfile {
+        pidfile.remove();
     }
-    if settings.foreground != Foreground::Debug {
-        privdrop::drop_to(
-            identity,
-            settings.chroot.as_deref(),
-            privdrop::Keep::NetAdmin,
-        )?;
-    } else {
-        chroot_only(settings)?;
-    }
-    let foreground = settings.foreground;
-    let engine = settings.engine.clone();
-    let respawn: worker::SpawnParser =
-        Box::new(move |closes| respawn_parser(foreground, &engine, closes));
-    Worker::new(intercept, monitor, parser_link, signals)
-        .with_respawn(respawn, parser)
-        .run()
-}
-
-/// A new parser for one that died, forked from the worker, which has already dropped its
-/// user and root: the child closes the worker's descriptors, gives up the capability the
-/// worker kept, and enters the sandbox, then starts with an empty engine (every connection
-/// is joined mid-stream; no hand-over).
-fn respawn_parser(
-    foreground: Foreground,
-    engine: &ftp6proxy_core::Config,
-    closes: &[RawFd],
-) -> anyhow::Result<(OwnedFd, nix::unistd::Pid)> {
-    let (parser_link, parser_end) = link::seqpacket_pair().context("socketpair for the parser")?;
-    // SAFETY: the worker is single-threaded; the child only continues with its own code.
-    match unsafe { fork() }.context("fork a new parser")? {
-        ForkResult::Child => {
-            for &fd in closes {
-                // SAFETY: these are the worker's descriptors, which this child never uses.
-                unsafe { libc::close(fd) };
-            }
-            drop(parser_link);
-            logging::forward_as(logging::Process::Parser);
-            let confined = signals::ignore_all()
-                .context("ignore signals in the parser")
-                .and_then(|()| {
-                    if foreground == Foreground::Debug {
-                        Ok(())
-                    } else {
-                        privdrop::shed_all().and_then(|()| platform::sandbox())
-                    }
-                });
-            let code = match confined.and_then(|()| {
-                parser::run(Engine::new(engine.clone()), &parser_end, None)
-                    .context("link to the worker")
-            }) {
-                Ok(()) => 0,
-                Err(e) => {
-                    log::error!("parser: {e:#}");
-                    1
-                }
-            };
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => {
-            drop(parser_end);
-            link::set_nonblocking(&parser_link)?;
-            Ok((parser_link, child))
-        }
-    }
-}
-
-/// The parser: ignores signals (the worker tells it when to stop), confines itself as far
-/// as the platform allows, and reads packets.
-fn run_parser(
-    settings: &Settings,
-    worker: &OwnedFd,
-    identity: &privdrop::Identity,
-    handover: Handover,
-) -> anyhow::Result<()> {
-    signals::ignore_all().context("ignore signals in the parser")?;
-    if settings.foreground != Foreground::Debug {
-        privdrop::drop_to(
-            identity,
-            settings.chroot.as_deref(),
-            privdrop::Keep::Nothing,
-        )?;
-        platform::sandbox()?;
-    } else {
-        chroot_only(settings)?;
-    }
-    let mut engine = Engine::new(settings.engine.clone());
-    if let Some(bytes) = &handover.inherited {
-        #[allow(clippy::disallowed_methods)]
-        let now = std::time::Instant::now();
-        match engine.import_state(now, bytes) {
-            Ok(n) => log::info!("took over {n} connections from the previous instance"),
-            Err(e) => log::warn!(
-                "hand-over from the previous instance not taken ({e}); its connections are \
-                 joined mid-stream"
-            ),
-        }
-    }
-    parser::run(engine, worker, handover.out).context("link to the worker")
-}
-
-/// The graceful-restart hand-over: what the previous instance left, and where this one
-/// leaves its own.
-#[derive(Debug, Default)]
-struct Handover {
-    inherited: Option<Vec<u8>>,
-    out: Option<std::fs::File>,
+    Ok(code)
 }
 
 /// Takes the previous instance's hand-over (see `handover`) and creates this one's.
@@ -345,15 +169,6 @@ fn take_handover(settings: &Settings) -> anyhow::Result<Handover> {
         inherited,
         out: Some(out),
     })
-}
-
-/// `-r` under `-d -d`, where privileges are kept.
-fn chroot_only(settings: &Settings) -> anyhow::Result<()> {
-    if let Some(dir) = &settings.chroot {
-        nix::unistd::chroot(dir.as_path()).with_context(|| format!("chroot {}", dir.display()))?;
-        nix::unistd::chdir("/")?;
-    }
-    Ok(())
 }
 
 /// What the intercept needs the ruleset to send it.
@@ -432,6 +247,3 @@ pub fn describe(settings: &Settings) -> String {
             .unwrap_or_default(),
     )
 }
-
-/// A boxed firewall, whatever the backend.
-pub type BoxedFirewall = Box<dyn Firewall>;

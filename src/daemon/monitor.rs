@@ -1,39 +1,40 @@
-//! The monitor: the small privileged process that owns the firewall.
+//! The monitor: the small privileged process that owns the firewall and its children
+//! (OpenSSH's `monitor.c`: the privileged parent that the sandboxed children talk to
+//! directly, and log through).
 //!
-//! Owns the firewall backend and the worker's lifetime. Accepts only fixed-size requests
-//! from the worker, re-checks each with [`Validator`], applies it, and answers. When the
-//! worker goes away — by SIGTERM (forwarded from here) or by a crash — it closes every hole
-//! it knows of and flushes whatever else is ours (DESIGN.md invariant 6). It parses no
-//! packets and runs no FTP logic. It is also the one process that writes the log: the
-//! worker's and the parser's lines arrive on the log link (see `logging`).
+//! Owns the firewall backend, the [`Validator`], and the lives of the worker and the
+//! parser. The parser sends it hole requests on its own link; the monitor decodes each
+//! (`messages`), re-checks it, applies it and answers. When the parser dies, the monitor
+//! starts a new one and hands the worker its link; when the worker dies, it starts both
+//! again on the same intercept socket; five deaths within a minute are a crash loop and end
+//! the daemon. At a stop it has the parser hand its state over, lets the worker pass what
+//! it holds, and leaves no hole behind past its deadline (DESIGN.md invariant 6). It parses
+//! no packets and runs no FTP logic. It is the one process that writes the log: the
+//! children's lines arrive on the log link (see `logging`).
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal as NixSignal};
-use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::socket::{recv, MsgFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::link::{self, send_nonblocking, Sent};
 use super::logging;
-use super::privsep::{Request, Response, Validator, REQUEST_LEN};
+use super::messages::{
+    FromMonitor, Request, ToMonitor, MAX_LOG_MESSAGE, MAX_TO_MONITOR, NEW_PARSER,
+};
+use super::privsep::Validator;
 use super::signals::{Event as Signal, SignalPipe};
+use super::spawn::{Child, Spawn};
 use crate::firewall::Firewall;
 
-/// How long the worker gets to close its holes after SIGTERM before it is killed.
-const WORKER_GRACE: Duration = Duration::from_millis(1500);
-
-/// The monitor's sockets.
-#[derive(Debug)]
-pub struct Links {
-    /// Requests from the worker, answers to it.
-    pub worker: OwnedFd,
-    /// Log lines from the worker and the parser (non-blocking).
-    pub log: OwnedFd,
-    /// The intercept's drop counters, where the kernel shows them (NFQUEUE).
-    pub overflow: Option<crate::intercept::OverflowWatch>,
-}
+/// How long the children get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_millis(3000);
 
 /// How long after its deadline a hole is closed by the monitor itself: the parser closes
 /// holes at their deadlines; one that stays open longer lost its parser (a crash, then a
@@ -43,72 +44,130 @@ const OVERDUE_GRACE: Duration = Duration::from_secs(2);
 /// How often the intercept's drop counters are looked at.
 const OVERFLOW_CHECK: Duration = Duration::from_secs(5);
 
-/// Writes every log line waiting on the log link.
-fn drain_log(log: &OwnedFd) {
-    let mut buf = [0u8; logging::MAX_FORWARDED + 2];
-    loop {
-        match recv(log.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-            Ok(n) if n > 0 => logging::write_forwarded(&buf[..n]),
-            Err(nix::errno::Errno::EINTR) => {}
-            _ => return,
-        }
-    }
+/// Child restarts allowed within [`CRASH_WINDOW`] before the daemon gives up.
+pub const MAX_RESTARTS: usize = 5;
+/// The window in which [`MAX_RESTARTS`] restarts mean a crash loop.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The monitor's own sockets (its children's links come from [`Spawn`]).
+#[derive(Debug)]
+pub struct Links {
+    /// Log lines from the worker and the parser (non-blocking).
+    pub log: OwnedFd,
+    /// The intercept's drop counters, where the kernel shows them (NFQUEUE).
+    pub overflow: Option<crate::intercept::OverflowWatch>,
 }
 
-/// Runs the monitor until the worker is gone; returns the process exit status.
-pub fn run(
+/// The parser as the monitor sees it: its link, and answers its socket would not take yet.
+struct ParserChild {
+    child: Child,
+    outbox: VecDeque<Vec<u8>>,
+    /// It said `Closed` (shutdown done).
+    closed: bool,
+}
+
+/// What the monitor counts (logged on SIGUSR1/SIGINFO).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    requests: u64,
+    refused: u64,
+    malformed: u64,
+    firewall_errors: u64,
+    parser_restarts: u64,
+    worker_restarts: u64,
+}
+
+struct Monitor<'a, S: Spawn> {
+    firewall: &'a mut dyn Firewall,
+    validator: Validator,
+    spawn: S,
+    worker: Option<Child>,
+    /// How the worker ended, when `worker_alive` collected it.
+    worker_exit: Option<WaitStatus>,
+    parser: Option<ParserChild>,
+    restarts: VecDeque<Instant>,
+    counters: Counters,
+}
+
+/// Runs the monitor: starts the children, serves the parser, restarts whoever dies, and
+/// at a stop cleans up. Returns the process exit status.
+pub fn run<S: Spawn>(
     firewall: &mut dyn Firewall,
-    mut validator: Validator,
+    validator: Validator,
+    spawn: S,
     links: Links,
-    worker: Pid,
     signals: &SignalPipe,
 ) -> i32 {
-    let Links {
-        worker: socket,
-        log,
-        mut overflow,
-    } = links;
+    let Links { log, mut overflow } = links;
+    let mut monitor = Monitor {
+        firewall,
+        validator,
+        spawn,
+        worker: None,
+        worker_exit: None,
+        parser: None,
+        restarts: VecDeque::new(),
+        counters: Counters::default(),
+    };
+    if let Err(e) = monitor.start_both() {
+        log::error!("starting the worker and the parser: {e:#}");
+        monitor.stop_children();
+        monitor.spawn.release_intercept();
+        clean_up(monitor.firewall, &mut monitor.validator, &log);
+        return 1;
+    }
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
     let mut next_overflow_check = started + OVERFLOW_CHECK;
     let mut terminating: Option<Instant> = None;
-    let mut buf = [0u8; REQUEST_LEN + 1];
-    let worker_status = loop {
+    let mut failed = false;
+    loop {
         #[allow(clippy::disallowed_methods)]
-        let overdue_in = validator
+        let overdue_in = monitor
+            .validator
             .next_overdue(OVERDUE_GRACE)
             .map(|at| at.saturating_duration_since(Instant::now()));
         let timeout = match (terminating, &overflow, overdue_in) {
-            (Some(_), _, _) => PollTimeout::from(100u16),
+            (Some(_), _, _) => PollTimeout::from(50u16),
             (None, Some(_), _) => PollTimeout::from(1000u16),
             (None, None, Some(left)) => {
                 PollTimeout::from(u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX))
             }
             (None, None, None) => PollTimeout::NONE,
         };
-        let mut fds = [
-            PollFd::new(socket.as_fd(), PollFlags::POLLIN),
-            PollFd::new(
-                // SAFETY: the signal pipe outlives this poll call.
-                unsafe { std::os::fd::BorrowedFd::borrow_raw(signals.fd()) },
-                PollFlags::POLLIN,
-            ),
-            PollFd::new(log.as_fd(), PollFlags::POLLIN),
-        ];
-        if let Err(e) = poll(&mut fds, timeout) {
-            if e != nix::errno::Errno::EINTR {
-                log::error!("monitor poll: {e}");
-                break None;
+        {
+            // SAFETY: the signal pipe outlives this poll call.
+            let signal_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(signals.fd()) };
+            let mut fds = vec![
+                PollFd::new(signal_fd, PollFlags::POLLIN),
+                PollFd::new(log.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Some(worker) = &monitor.worker {
+                fds.push(PollFd::new(worker.link.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(parser) = &monitor.parser {
+                let mut flags = PollFlags::POLLIN;
+                if !parser.outbox.is_empty() {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(parser.child.link.as_fd(), flags));
+            }
+            if let Err(e) = poll(&mut fds, timeout) {
+                if e != Errno::EINTR {
+                    log::error!("monitor poll: {e}");
+                    break;
+                }
             }
         }
         for signal in signals.drain() {
             match signal {
-                Signal::Terminate => {
-                    if terminating.is_none() {
-                        terminating = Some(Instant::now());
-                        let _ = kill(worker, NixSignal::SIGTERM);
-                    }
+                Signal::Terminate if terminating.is_none() => {
+                    #[allow(clippy::disallowed_methods)]
+                    let now = Instant::now();
+                    terminating = Some(now);
+                    monitor.begin_stop();
                 }
+                Signal::Terminate | Signal::Child => {}
                 // Only this process writes the log (the others forward to it), and it runs
                 // on the host, unconfined: it can always reconnect.
                 Signal::Reopen => {
@@ -118,13 +177,8 @@ pub fn run(
                 Signal::Status => {
                     #[allow(clippy::disallowed_methods)]
                     let uptime = started.elapsed().as_secs();
-                    log::info!(
-                        "monitor uptime={uptime}s holes_open={}",
-                        validator.open_holes().len()
-                    );
-                    let _ = kill(worker, NixSignal::SIGUSR1);
+                    monitor.status(uptime);
                 }
-                Signal::Child => {}
             }
         }
         drain_log(&log);
@@ -139,98 +193,329 @@ pub fn run(
                 log::warn!("{line}");
             }
         }
-        for close in validator.overdue(now, OVERDUE_GRACE) {
+        monitor.close_overdue(now);
+        let parser_alive = monitor.serve_parser();
+        let worker_alive = monitor.worker_alive();
+        if let Some(since) = terminating {
+            let parser_done = monitor.parser.as_ref().is_none_or(|p| p.closed) || !parser_alive;
+            if (!worker_alive && parser_done) || since.elapsed() > STOP_GRACE {
+                break;
+            }
+            continue;
+        }
+        let restarted = match (worker_alive, parser_alive) {
+            (true, true) => Ok(()),
+            (true, false) => monitor.restart_parser(now),
+            (false, _) => monitor.restart_both(now),
+        };
+        if let Err(e) = restarted {
+            log::error!("{e:#}; exiting");
+            failed = true;
+            break;
+        }
+    }
+    monitor.stop_children();
+    // The children's last words.
+    drain_log(&log);
+    // Nothing may wait in a queue nobody reads while holes are closed at their deadlines.
+    monitor.spawn.release_intercept();
+    clean_up(monitor.firewall, &mut monitor.validator, &log);
+    i32::from(failed)
+}
+
+impl<S: Spawn> Monitor<'_, S> {
+    /// Starts a worker and a parser joined by a fresh link.
+    fn start_both(&mut self) -> anyhow::Result<()> {
+        let (worker_end, parser_end) = link::seqpacket_pair()?;
+        self.worker = Some(self.spawn.worker(worker_end)?);
+        self.parser = Some(self.new_parser_child(parser_end)?);
+        Ok(())
+    }
+
+    fn new_parser_child(&mut self, worker_link: OwnedFd) -> anyhow::Result<ParserChild> {
+        let child = self.spawn.parser(worker_link)?;
+        link::set_nonblocking(&child.link)?;
+        Ok(ParserChild {
+            child,
+            outbox: VecDeque::new(),
+            closed: false,
+        })
+    }
+
+    /// Counts a restart; errs on a crash loop.
+    fn count_restart(&mut self, now: Instant) -> anyhow::Result<usize> {
+        while self
+            .restarts
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) > CRASH_WINDOW)
+        {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() >= MAX_RESTARTS {
+            anyhow::bail!(
+                "crash loop: {MAX_RESTARTS} restarts within {}s",
+                CRASH_WINDOW.as_secs()
+            );
+        }
+        self.restarts.push_back(now);
+        Ok(self.restarts.len())
+    }
+
+    /// The parser died: a new one, whose link the worker gets from us.
+    fn restart_parser(&mut self, now: Instant) -> anyhow::Result<()> {
+        let status = self.parser.take().map(|p| reap(p.child.pid));
+        let restarts = self.count_restart(now)?;
+        self.counters.parser_restarts += 1;
+        let (worker_end, parser_end) = link::seqpacket_pair()?;
+        let parser = self.new_parser_child(parser_end)?;
+        let worker = self.worker.as_ref().map(|w| &w.link);
+        if let Some(worker) = worker {
+            link::send_with_fd(worker, &[NEW_PARSER], &worker_end)?;
+        }
+        self.parser = Some(parser);
+        log::warn!(
+            "parser died ({}); started a new one ({restarts} restarts in the last {}s): \
+             connections are joined mid-stream",
+            describe(status),
+            CRASH_WINDOW.as_secs()
+        );
+        Ok(())
+    }
+
+    /// The worker died: both start again, on the same intercept socket.
+    fn restart_both(&mut self, now: Instant) -> anyhow::Result<()> {
+        let worker = self
+            .worker
+            .take()
+            .map(|w| self.worker_exit.take().or_else(|| reap(w.pid)));
+        if let Some(parser) = self.parser.take() {
+            let _ = kill(parser.child.pid, NixSignal::SIGKILL);
+            reap(parser.child.pid);
+        }
+        let restarts = self.count_restart(now)?;
+        self.counters.worker_restarts += 1;
+        self.start_both()?;
+        log::warn!(
+            "worker died ({}); started a new worker and parser on the same queue \
+             ({restarts} restarts in the last {}s): connections are joined mid-stream",
+            describe(worker),
+            CRASH_WINDOW.as_secs()
+        );
+        Ok(())
+    }
+
+    /// Whether the worker still runs (its link is open and it has not exited).
+    fn worker_alive(&mut self) -> bool {
+        let Some(worker) = &self.worker else {
+            return false;
+        };
+        let mut buf = [0u8; 1];
+        let closed = matches!(
+            recv(worker.link.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT),
+            Ok(0) | Err(Errno::ECONNRESET)
+        );
+        let exited = match waitpid(worker.pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                self.worker_exit = Some(status);
+                true
+            }
+            _ => false,
+        };
+        !(closed || exited)
+    }
+
+    /// Reads and serves the parser's requests and sends what it waits for; returns
+    /// whether it is still there.
+    fn serve_parser(&mut self) -> bool {
+        let Some(parser) = self.parser.as_mut() else {
+            return false;
+        };
+        let mut buf = [0u8; MAX_TO_MONITOR + 1];
+        loop {
+            let n = match recv(
+                parser.child.link.as_raw_fd(),
+                &mut buf,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                Err(_) => return false,
+            };
+            match ToMonitor::decode(&buf[..n]) {
+                Ok(ToMonitor::Request(request)) => {
+                    let ok = apply(
+                        self.firewall,
+                        &mut self.validator,
+                        &request,
+                        &mut self.counters,
+                    );
+                    parser
+                        .outbox
+                        .push_back(FromMonitor::Response { id: request.id, ok }.encode());
+                }
+                Ok(ToMonitor::Closed) => parser.closed = true,
+                Err(e) => {
+                    self.counters.malformed += 1;
+                    log::error!("the parser sent a {e} ({n} bytes)");
+                }
+            }
+        }
+        while let Some(message) = parser.outbox.front() {
+            match send_nonblocking(&parser.child.link, message) {
+                Sent::Yes => {
+                    parser.outbox.pop_front();
+                }
+                Sent::Later => break,
+                Sent::TooBig | Sent::Gone => return false,
+            }
+        }
+        true
+    }
+
+    /// SIGTERM. The worker stops reading packets, sends the parser what it has read and
+    /// then ends its stream; the parser reads every packet to the end, waits for the
+    /// answers to its hole requests (so each packet it releases has its hole), hands its
+    /// state over and exits; the worker passes what was released, and exits.
+    fn begin_stop(&mut self) {
+        if let Some(parser) = self.parser.as_mut() {
+            parser.outbox.push_back(FromMonitor::Shutdown.encode());
+        }
+        if let Some(worker) = &self.worker {
+            let _ = kill(worker.pid, NixSignal::SIGTERM);
+        }
+    }
+
+    /// Ends whatever child is left (killing one that did not stop in time) and collects it.
+    fn stop_children(&mut self) {
+        for pid in [
+            self.worker.take().map(|w| w.pid),
+            self.parser.take().map(|p| p.child.pid),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if matches!(
+                waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            ) {
+                let _ = kill(pid, NixSignal::SIGTERM);
+                std::thread::sleep(Duration::from_millis(100));
+                if matches!(
+                    waitpid(pid, Some(WaitPidFlag::WNOHANG)),
+                    Ok(WaitStatus::StillAlive)
+                ) {
+                    log::error!("child {pid} did not stop; killing it");
+                    let _ = kill(pid, NixSignal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                }
+            }
+        }
+    }
+
+    /// Closes holes whose parser is gone (still open [`OVERDUE_GRACE`] after their
+    /// deadline).
+    fn close_overdue(&mut self, now: Instant) {
+        for close in self.validator.overdue(now, OVERDUE_GRACE) {
             log::warn!(
                 "slot {} outlived its deadline (its parser is gone): closing it",
                 close.slot()
             );
-            if let Err(e) = firewall.apply(&close) {
+            if let Err(e) = self.firewall.apply(&close) {
                 log::error!("firewall: {e}");
             }
-            validator.applied(&close, true);
+            self.validator.applied(&close, true);
         }
-        // Serve every waiting request, then check on the worker.
-        let mut worker_closed = false;
-        loop {
-            match recv(socket.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => {
-                    worker_closed = true;
-                    break;
-                }
-                Ok(n) => serve(firewall, &mut validator, &socket, &buf[..n]),
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    log::error!("monitor: reading the worker's requests: {e}");
-                    worker_closed = true;
-                    break;
-                }
-            }
+    }
+
+    fn status(&mut self, uptime: u64) {
+        let c = self.counters;
+        log::info!(
+            "monitor uptime={uptime}s holes_open={} requests={} refused={} malformed={} \
+             firewall_errors={} parser_restarts={} worker_restarts={}",
+            self.validator.open_holes().len(),
+            c.requests,
+            c.refused,
+            c.malformed,
+            c.firewall_errors,
+            c.parser_restarts,
+            c.worker_restarts
+        );
+        if let Some(parser) = self.parser.as_mut() {
+            parser.outbox.push_back(FromMonitor::Status.encode());
         }
-        if let Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
-            waitpid(worker, Some(WaitPidFlag::WNOHANG))
-        {
-            break Some(status);
-        }
-        if worker_closed {
-            // Its socket closed: it is exiting; collect it.
-            break waitpid(worker, None).ok();
-        }
-        if terminating.is_some_and(|since| since.elapsed() > WORKER_GRACE) {
-            log::error!("worker did not stop within {WORKER_GRACE:?}; killing it");
-            let _ = kill(worker, NixSignal::SIGKILL);
-            break waitpid(worker, None).ok();
-        }
-    };
-    // The worker's and the parser's last words.
-    drain_log(&log);
-    clean_up(firewall, &mut validator, &log);
-    match (terminating, worker_status) {
-        (Some(_), _) => 0,
-        (None, Some(WaitStatus::Exited(_, 0))) => 0,
-        (None, status) => {
-            log::error!("worker ended unexpectedly ({status:?}); holes removed, exiting");
-            1
+        if let Some(worker) = &self.worker {
+            let _ = kill(worker.pid, NixSignal::SIGUSR1);
         }
     }
 }
 
-/// Applies one request and answers it.
-fn serve(firewall: &mut dyn Firewall, validator: &mut Validator, socket: &OwnedFd, bytes: &[u8]) {
-    let request = match Request::decode(bytes) {
-        Ok(request) => request,
-        Err(e) => {
-            log::error!("monitor: refused a {e} from the worker");
-            return;
+/// Collects a child whose link closed (it exited, or is exiting; one that lingers is
+/// killed so the wait cannot hang the monitor).
+fn reap(pid: Pid) -> Option<WaitStatus> {
+    for _ in 0..20 {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+            other => return other.ok(),
         }
-    };
-    let ok = match validator.check(&request.action) {
-        Err(invalid) => {
-            log::error!(
-                "monitor: refused request slot={}: {invalid}",
-                request.action.slot()
-            );
+    }
+    let _ = kill(pid, NixSignal::SIGKILL);
+    waitpid(pid, None).ok()
+}
+
+fn describe(status: Option<Option<WaitStatus>>) -> String {
+    match status.flatten() {
+        Some(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
+        Some(WaitStatus::Signaled(_, signal, _)) => format!("killed by {signal}"),
+        Some(other) => format!("{other:?}"),
+        None => "already collected".into(),
+    }
+}
+
+/// Re-checks one request and applies it; returns whether the firewall now matches it.
+fn apply(
+    firewall: &mut dyn Firewall,
+    validator: &mut Validator,
+    request: &Request,
+    counters: &mut Counters,
+) -> bool {
+    counters.requests += 1;
+    if let Err(refused) = validator.check(&request.action) {
+        counters.refused += 1;
+        log::error!(
+            "refused the parser's request slot={}: {refused}",
+            request.action.slot()
+        );
+        return false;
+    }
+    match firewall.apply(&request.action) {
+        Ok(()) => {
+            validator.applied(&request.action, true);
+            true
+        }
+        Err(e) => {
+            counters.firewall_errors += 1;
+            log::error!("firewall: {e}");
+            validator.applied(&request.action, false);
             false
         }
-        Ok(()) => match firewall.apply(&request.action) {
-            Ok(()) => {
-                validator.applied(&request.action, true);
-                true
-            }
-            Err(e) => {
-                log::error!("firewall: {e}");
-                validator.applied(&request.action, false);
-                false
-            }
-        },
-    };
-    let response = Response { id: request.id, ok }.encode();
-    if let Err(e) = send(socket.as_raw_fd(), &response, MsgFlags::empty()) {
-        log::error!("monitor: answering the worker: {e}");
     }
 }
 
-/// The worker is gone: no hole is cut short. Holes that expire by themselves (nft) are
+/// Writes every log line waiting on the log link.
+fn drain_log(log: &OwnedFd) {
+    let mut buf = [0u8; MAX_LOG_MESSAGE];
+    loop {
+        match recv(log.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if n > 0 => logging::write_forwarded(&buf[..n]),
+            Err(Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// The children are gone: no hole is cut short. Holes that expire by themselves (nft) are
 /// left to their own timeouts — a restart hands their connections over and the next
 /// instance adopts them. Holes that never expire (ipfw rules, pf anchors) are closed each
 /// at its deadline, at most `-t` from now (rc.d's stop waits for the monitor), and then

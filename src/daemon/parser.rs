@@ -1,296 +1,352 @@
 //! The parser: the process that reads untrusted packets, sandboxed as tightly as the
-//! platform allows (Capsicum capability mode on FreeBSD; on Linux no capabilities at all
-//! and no_new_privs), holding nothing but one socket to the worker.
+//! platform allows (Capsicum capability mode on FreeBSD; on Linux no capabilities, no
+//! new privileges and a seccomp allowlist), holding nothing but its links.
 //!
-//! Owns the [`Engine`] and this process's side of the worker link. The worker does all
-//! I/O — it cannot enter Capsicum, because reinjecting a diverted packet is a `sendto(2)`
-//! with an address, which capability mode refuses — and sends each packet's bytes here; the
-//! parser answers with the firewall actions the packet needs (then `Done`), sends timer
-//! actions on its own, and logs the engine's events itself. It opens nothing, signals
-//! nobody and touches no firewall.
+//! Owns the [`Engine`], the hole requests it has sent the monitor and not had answered,
+//! and the packets waiting for those answers. Its two links (OpenSSH's shape: the
+//! sandboxed child talks to the privileged monitor directly):
+//! - from the worker it gets each packet's bytes, and tells it which packets may go on —
+//!   a packet goes on once it is read and every hole it announced is confirmed;
+//! - to the monitor it sends hole requests (for packets, and for timers) and gets the
+//!   answers, and the monitor's orders (status, shutdown).
 //!
-//! Messages are datagrams on a `SOCK_SEQPACKET` socketpair; an action travels in the same
-//! 48-byte form the monitor checks (`privsep::Request`).
+//! It opens nothing, signals nobody and touches no firewall; the monitor re-checks every
+//! request. The byte formats are `messages`'. Its log lines go to the monitor (`logging`).
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ftp6proxy_core::engine::{Checksum, Engine};
+use ftp6proxy_core::engine::{Engine, Event, Level};
 use ftp6proxy_core::FwAction;
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, send, MsgFlags};
 
-use super::privsep::{Invalid, Request, REQUEST_LEN};
-use super::worker::log_event;
+use super::messages::{
+    FromMonitor, Request, ToMonitor, ToParser, ToWorker, MAX_FROM_MONITOR, MAX_PACKET_MESSAGE,
+};
 
-/// Largest message: a packet of 64 KiB plus the header (NFQUEUE copies at most 0xffff
-/// bytes; divert hands over at most an IP packet).
-pub const MAX_MESSAGE: usize = 65_536 + 16;
+/// How long a shutdown waits for the answers to hole requests in flight.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-const TO_PARSER_PACKET: u8 = 1;
-const TO_PARSER_ANSWER: u8 = 2;
-const TO_PARSER_STATUS: u8 = 3;
-const TO_PARSER_SHUTDOWN: u8 = 4;
+/// The parser's sockets.
+#[derive(Debug)]
+pub struct Links {
+    /// Packets in, passes out.
+    pub worker: OwnedFd,
+    /// Requests out, answers and orders in.
+    pub monitor: OwnedFd,
+}
 
-const TO_WORKER_PACKET_ACTION: u8 = 1;
-const TO_WORKER_TIMER_ACTION: u8 = 2;
-const TO_WORKER_DONE: u8 = 3;
-const TO_WORKER_CLOSED: u8 = 4;
+/// A request the monitor has not answered yet.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    action: FwAction,
+    /// The packet that waits for it, if one does.
+    packet: Option<u64>,
+}
 
-/// Worker → parser.
+/// Why [`run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToParser<'a> {
-    /// Read this packet (`id` is the worker's handle for it).
-    Packet {
-        /// The worker's handle.
-        id: u64,
-        /// Whether the TCP checksum can be verified.
-        checksum: Checksum,
-        /// The packet, from the IP header.
-        bytes: &'a [u8],
-    },
-    /// The firewall's answer to an action the parser asked for.
-    Answer {
-        /// The action.
-        action: FwAction,
-        /// Whether it was applied.
-        ok: bool,
-    },
-    /// Log the status line (SIGUSR1/SIGINFO reached the worker).
-    Status,
-    /// Close every hole and exit.
+pub enum Exit {
+    /// The monitor ordered a shutdown; the hand-over is written.
     Shutdown,
+    /// The worker or the monitor went away (the monitor starts a new parser if it lives).
+    PeerGone,
 }
 
-/// Parser → worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToWorker {
-    /// Apply `action` before passing packet `packet` on (or, with `None`, just apply it:
-    /// a timer or shutdown action).
-    Action {
-        /// The packet that caused it, if any.
-        packet: Option<u64>,
-        /// What to do.
-        action: FwAction,
-    },
-    /// Everything packet `packet` needs has been sent.
-    Done {
-        /// The worker's handle.
-        packet: u64,
-    },
-    /// Shutdown: every close has been sent; the parser exits.
-    Closed,
+struct Parser {
+    engine: Engine,
+    links: Links,
+    pending: HashMap<u32, Pending>,
+    /// Per packet still held: how many of its requests are unanswered.
+    waiting: HashMap<u64, usize>,
+    /// Packets ready to go on, sent to the worker at the end of each turn.
+    passes: Vec<u64>,
+    next_request: u32,
 }
 
-fn encode_action(action: FwAction) -> [u8; REQUEST_LEN] {
-    Request { id: 0, action }.encode()
-}
-
-fn decode_action(bytes: &[u8]) -> Result<FwAction, Invalid> {
-    Request::decode(bytes).map(|r| r.action)
-}
-
-fn id_at(bytes: &[u8]) -> Result<u64, Invalid> {
-    let id: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(Invalid::Malformed)?;
-    Ok(u64::from_be_bytes(id))
-}
-
-impl ToParser<'_> {
-    /// Appends the datagram to `out` (cleared first).
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.clear();
-        match *self {
-            ToParser::Packet {
-                id,
-                checksum,
-                bytes,
-            } => {
-                out.push(TO_PARSER_PACKET);
-                out.extend_from_slice(&id.to_be_bytes());
-                out.push(u8::from(checksum == Checksum::Verify));
-                out.extend_from_slice(bytes);
-            }
-            ToParser::Answer { action, ok } => {
-                out.push(TO_PARSER_ANSWER);
-                out.push(u8::from(ok));
-                out.extend_from_slice(&encode_action(action));
-            }
-            ToParser::Status => out.push(TO_PARSER_STATUS),
-            ToParser::Shutdown => out.push(TO_PARSER_SHUTDOWN),
-        }
-    }
-
-    /// Parses a datagram.
-    ///
-    /// # Errors
-    /// [`Invalid::Malformed`].
-    pub fn decode(bytes: &[u8]) -> Result<ToParser<'_>, Invalid> {
-        let (&tag, rest) = bytes.split_first().ok_or(Invalid::Malformed)?;
-        match (tag, rest) {
-            (TO_PARSER_PACKET, rest) if rest.len() >= 9 => Ok(ToParser::Packet {
-                id: id_at(rest)?,
-                checksum: match rest[8] {
-                    1 => Checksum::Verify,
-                    0 => Checksum::NotReady,
-                    _ => return Err(Invalid::Malformed),
-                },
-                bytes: &rest[9..],
-            }),
-            (TO_PARSER_ANSWER, [ok @ (0 | 1), action @ ..]) => Ok(ToParser::Answer {
-                action: decode_action(action)?,
-                ok: *ok == 1,
-            }),
-            (TO_PARSER_STATUS, []) => Ok(ToParser::Status),
-            (TO_PARSER_SHUTDOWN, []) => Ok(ToParser::Shutdown),
-            _ => Err(Invalid::Malformed),
-        }
-    }
-}
-
-impl ToWorker {
-    /// The datagram.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 + REQUEST_LEN);
-        match *self {
-            ToWorker::Action {
-                packet: Some(id),
-                action,
-            } => {
-                out.push(TO_WORKER_PACKET_ACTION);
-                out.extend_from_slice(&id.to_be_bytes());
-                out.extend_from_slice(&encode_action(action));
-            }
-            ToWorker::Action {
-                packet: None,
-                action,
-            } => {
-                out.push(TO_WORKER_TIMER_ACTION);
-                out.extend_from_slice(&encode_action(action));
-            }
-            ToWorker::Done { packet } => {
-                out.push(TO_WORKER_DONE);
-                out.extend_from_slice(&packet.to_be_bytes());
-            }
-            ToWorker::Closed => out.push(TO_WORKER_CLOSED),
-        }
-        out
-    }
-
-    /// Parses a datagram.
-    ///
-    /// # Errors
-    /// [`Invalid::Malformed`].
-    pub fn decode(bytes: &[u8]) -> Result<ToWorker, Invalid> {
-        let (&tag, rest) = bytes.split_first().ok_or(Invalid::Malformed)?;
-        match tag {
-            TO_WORKER_PACKET_ACTION if rest.len() == 8 + REQUEST_LEN => Ok(ToWorker::Action {
-                packet: Some(id_at(rest)?),
-                action: decode_action(&rest[8..])?,
-            }),
-            TO_WORKER_TIMER_ACTION => Ok(ToWorker::Action {
-                packet: None,
-                action: decode_action(rest)?,
-            }),
-            TO_WORKER_DONE if rest.len() == 8 => Ok(ToWorker::Done {
-                packet: id_at(rest)?,
-            }),
-            TO_WORKER_CLOSED if rest.is_empty() => Ok(ToWorker::Closed),
-            _ => Err(Invalid::Malformed),
-        }
-    }
-}
-
-/// Sends one message to the worker, retrying on EINTR. The worker always reads, so a
-/// blocking send only waits for it to catch up.
-fn tell(worker: &OwnedFd, message: ToWorker) -> nix::Result<()> {
-    let bytes = message.encode();
+/// Sends one whole message on a blocking link, retrying on EINTR. Both peers always read,
+/// so this waits at most for them to catch up.
+fn tell(link: &OwnedFd, bytes: &[u8]) -> nix::Result<()> {
     loop {
-        match send(worker.as_raw_fd(), &bytes, MsgFlags::empty()) {
-            Err(nix::errno::Errno::EINTR) => {}
+        match send(link.as_raw_fd(), bytes, MsgFlags::empty()) {
+            Err(Errno::EINTR) => {}
             other => return other.map(drop),
         }
     }
 }
 
-/// Sends each of `actions` to the worker, for `packet` (or for none: timer, shutdown).
-fn tell_actions(worker: &OwnedFd, packet: Option<u64>, actions: Vec<FwAction>) -> nix::Result<()> {
-    for action in actions {
-        tell(worker, ToWorker::Action { packet, action })?;
+/// Writes one engine event at its level.
+pub fn log_event(event: &Event) {
+    match event.level() {
+        Level::Error => log::error!("{event}"),
+        Level::Warn => log::warn!("{event}"),
+        Level::Info => log::info!("{event}"),
+        Level::Debug => log::debug!("{event}"),
     }
-    Ok(())
 }
 
-/// Runs the parser until the worker says shut down or goes away.
+impl Parser {
+    /// Sends `action` to the monitor; `packet` (if any) waits for the answer.
+    fn submit(&mut self, action: FwAction, packet: Option<u64>) -> nix::Result<()> {
+        let id = self.next_request;
+        self.next_request = self.next_request.wrapping_add(1);
+        self.pending.insert(id, Pending { action, packet });
+        if let Some(packet) = packet {
+            *self.waiting.entry(packet).or_default() += 1;
+        }
+        tell(
+            &self.links.monitor,
+            &ToMonitor::Request(Request { id, action }).encode(),
+        )
+    }
+
+    /// One packet from the worker: read it, request its holes, and release it at once if
+    /// it needs none.
+    fn read_packet(&mut self, now: Instant, packet: ToParser<'_>) -> nix::Result<()> {
+        let outcome = self
+            .engine
+            .on_packet_with_checksum(now, packet.bytes, packet.checksum);
+        for action in outcome.actions {
+            let waits = action.needs_confirmation().then_some(packet.id);
+            self.submit(action, waits)?;
+        }
+        if !self.waiting.contains_key(&packet.id) {
+            self.passes.push(packet.id);
+        }
+        Ok(())
+    }
+
+    /// The monitor's answer to request `id`.
+    fn answer(&mut self, id: u32, ok: bool) {
+        let Some(pending) = self.pending.remove(&id) else {
+            log::error!("monitor answered request {id}, which was never asked");
+            return;
+        };
+        if ok {
+            self.engine.action_done(pending.action.handle());
+        } else {
+            self.engine.action_failed(pending.action.handle());
+        }
+        let Some(packet) = pending.packet else {
+            return;
+        };
+        if let Some(left) = self.waiting.get_mut(&packet) {
+            *left -= 1;
+            if *left == 0 {
+                self.waiting.remove(&packet);
+                self.passes.push(packet);
+            }
+        }
+    }
+
+    /// Tells the worker which packets may go on.
+    fn flush_passes(&mut self) -> nix::Result<()> {
+        if self.passes.is_empty() {
+            return Ok(());
+        }
+        for datagram in ToWorker::encode_all(&self.passes) {
+            tell(&self.links.worker, &datagram)?;
+        }
+        self.passes.clear();
+        Ok(())
+    }
+
+    /// The worker's stream ended: waits (at most [`FINISH_WAIT`]) for the answers to the
+    /// requests in flight, releasing their packets to a worker that is stopping (a dead
+    /// one takes nothing: those passes are dropped).
+    fn finish_pending(&mut self, buf: &mut [u8]) -> nix::Result<()> {
+        #[allow(clippy::disallowed_methods)]
+        let deadline = Instant::now() + FINISH_WAIT;
+        loop {
+            if self.flush_passes().is_err() {
+                self.passes.clear();
+            }
+            #[allow(clippy::disallowed_methods)]
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.pending.is_empty() || left.is_zero() {
+                return Ok(());
+            }
+            let mut fds = [PollFd::new(self.links.monitor.as_fd(), PollFlags::POLLIN)];
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            loop {
+                let n = match read(&self.links.monitor, buf)? {
+                    Read::Message(n) => n,
+                    Read::Empty => break,
+                    Read::Gone => return Ok(()),
+                };
+                if let Ok(FromMonitor::Response { id, ok }) = FromMonitor::decode(&buf[..n]) {
+                    self.answer(id, ok);
+                }
+            }
+        }
+    }
+
+    /// The worker's stream ended before the monitor ordered a stop: either the monitor's
+    /// order is on its way (the worker got SIGTERM first), or the worker died and the
+    /// monitor is about to replace this parser too. Returns whether the order came.
+    fn await_stop(&mut self, buf: &mut [u8]) -> nix::Result<bool> {
+        loop {
+            let mut fds = [PollFd::new(self.links.monitor.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            loop {
+                let n = match read(&self.links.monitor, buf)? {
+                    Read::Message(n) => n,
+                    Read::Empty => break,
+                    Read::Gone => return Ok(false),
+                };
+                match FromMonitor::decode(&buf[..n]) {
+                    Ok(FromMonitor::Shutdown) => return Ok(true),
+                    Ok(FromMonitor::Response { id, ok }) => self.answer(id, ok),
+                    Ok(FromMonitor::Status) => log::info!("{}", self.engine.status()),
+                    Err(e) => log::error!("the monitor sent a {e}"),
+                }
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(event) = self.engine.poll_event() {
+            log_event(&event);
+        }
+    }
+}
+
+/// What one read of a link found.
+enum Read {
+    /// A message of `n` bytes.
+    Message(usize),
+    /// Nothing waiting.
+    Empty,
+    /// The peer closed the link.
+    Gone,
+}
+
+fn read(link: &OwnedFd, buf: &mut [u8]) -> nix::Result<Read> {
+    loop {
+        return match recv(link.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => Ok(Read::Gone),
+            Ok(n) => Ok(Read::Message(n)),
+            Err(Errno::EAGAIN) => Ok(Read::Empty),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECONNRESET) => Ok(Read::Gone),
+            Err(e) => Err(e),
+        };
+    }
+}
+
+/// Runs the parser until the monitor orders a shutdown or a peer goes away. At a
+/// shutdown the engine's connections are written to `handover` for the next instance.
 ///
 /// # Errors
-/// When the link to the worker fails (the worker is gone).
-pub fn run(
-    mut engine: Engine,
-    worker: &OwnedFd,
-    mut handover: Option<std::fs::File>,
-) -> nix::Result<()> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+/// When a link fails other than by its peer closing it.
+pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) -> nix::Result<Exit> {
+    let mut parser = Parser {
+        engine,
+        links,
+        pending: HashMap::new(),
+        waiting: HashMap::new(),
+        passes: Vec::new(),
+        next_request: 0,
+    };
+    let mut packet_buf = vec![0u8; MAX_PACKET_MESSAGE];
+    let mut monitor_buf = [0u8; MAX_FROM_MONITOR + 1];
+    // The monitor ordered a stop (SIGTERM): hand over once the worker's stream ends.
+    let mut stopping = false;
+    // The worker ended its stream (it stops, or died): no packet comes any more.
+    let mut worker_done = false;
     loop {
-        let timeout = engine.poll_timeout().map_or(PollTimeout::NONE, |at| {
-            #[allow(clippy::disallowed_methods)]
-            let left = at.saturating_duration_since(Instant::now());
-            // Round up so the timer is never early; an early wake-up only costs a turn.
-            let ms = left.as_millis().saturating_add(1).min(u128::from(u16::MAX));
-            PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
-        });
-        let mut fds = [PollFd::new(worker.as_fd(), PollFlags::POLLIN)];
+        if worker_done {
+            // Every packet is read and every hole answered (or waited for in vain).
+            parser.finish_pending(&mut monitor_buf)?;
+            if !stopping && !parser.await_stop(&mut monitor_buf)? {
+                return Ok(Exit::PeerGone);
+            }
+            // No hole is closed here: the monitor lets each live to its deadline (see
+            // monitor::clean_up), and the next instance adopts them.
+            log::info!(
+                "terminating with {} holes open",
+                parser.engine.open_holes()
+            );
+            parser.drain_events();
+            if let Some(mut file) = handover.take() {
+                hand_over(&parser.engine, &mut file);
+            }
+            tell(&parser.links.monitor, &ToMonitor::Closed.encode())?;
+            return Ok(Exit::Shutdown);
+        }
+        let timeout = parser
+            .engine
+            .poll_timeout()
+            .map_or(PollTimeout::NONE, |at| {
+                #[allow(clippy::disallowed_methods)]
+                let left = at.saturating_duration_since(Instant::now());
+                // Round up so the timer is never early; an early wake-up only costs a turn.
+                let ms = left.as_millis().saturating_add(1).min(u128::from(u16::MAX));
+                PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
+            });
+        let mut fds = [
+            PollFd::new(parser.links.worker.as_fd(), PollFlags::POLLIN),
+            PollFd::new(parser.links.monitor.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut fds, timeout) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
         }
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
+        // Answers first: they release packets already waiting.
         loop {
-            let n = match recv(worker.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e),
+            let n = match read(&parser.links.monitor, &mut monitor_buf)? {
+                Read::Message(n) => n,
+                Read::Empty => break,
+                Read::Gone => return Ok(Exit::PeerGone),
             };
-            match ToParser::decode(&buf[..n]) {
-                Ok(ToParser::Packet {
-                    id,
-                    checksum,
-                    bytes,
-                }) => {
-                    let outcome = engine.on_packet_with_checksum(now, bytes, checksum);
-                    tell_actions(worker, Some(id), outcome.actions)?;
-                    tell(worker, ToWorker::Done { packet: id })?;
-                }
-                Ok(ToParser::Answer { action, ok }) => {
-                    if ok {
-                        engine.action_done(action.handle());
-                    } else {
-                        engine.action_failed(action.handle());
-                    }
-                }
-                Ok(ToParser::Status) => log::info!("{}", engine.status()),
-                Ok(ToParser::Shutdown) => {
-                    // No hole is closed here: the monitor lets each live to its deadline
-                    // (see monitor::clean_up), and the next instance adopts them.
-                    log::info!("terminating with {} holes open", engine.open_holes());
-                    drain_events(&mut engine);
-                    if let Some(mut file) = handover.take() {
-                        hand_over(&engine, &mut file);
-                    }
-                    return tell(worker, ToWorker::Closed);
-                }
-                Err(e) => log::error!("parser: worker sent a {e}"),
+            match FromMonitor::decode(&monitor_buf[..n]) {
+                Ok(FromMonitor::Response { id, ok }) => parser.answer(id, ok),
+                Ok(FromMonitor::Status) => log::info!("{}", parser.engine.status()),
+                // Packets the worker read before it stopped are still coming: each is
+                // read, so none goes on unread, and the hand-over includes them.
+                Ok(FromMonitor::Shutdown) => stopping = true,
+                Err(e) => log::error!("the monitor sent a {e}"),
             }
         }
-        if engine.poll_timeout().is_some_and(|at| at <= now) {
-            tell_actions(worker, None, engine.tick(now))?;
+        loop {
+            let n = match read(&parser.links.worker, &mut packet_buf)? {
+                Read::Message(n) => n,
+                Read::Empty => break,
+                Read::Gone => {
+                    worker_done = true;
+                    break;
+                }
+            };
+            match ToParser::decode(&packet_buf[..n]) {
+                Ok(packet) => parser.read_packet(now, packet)?,
+                Err(e) => log::error!("the worker sent a {e}"),
+            }
         }
-        drain_events(&mut engine);
+        if parser.engine.poll_timeout().is_some_and(|at| at <= now) {
+            for action in parser.engine.tick(now) {
+                parser.submit(action, None)?;
+            }
+        }
+        // A worker that died cannot take passes any more; one that stops still can.
+        if let Err(e) = parser.flush_passes() {
+            if !worker_done {
+                return Err(e);
+            }
+            parser.passes.clear();
+        }
+        parser.drain_events();
     }
 }
 
@@ -309,162 +365,156 @@ fn hand_over(engine: &Engine, file: &mut std::fs::File) {
     }
 }
 
-fn drain_events(engine: &mut Engine) {
-    while let Some(event) = engine.poll_event() {
-        log_event(&event);
-    }
-}
-
-/// How long the worker waits for the parser's `Closed` at shutdown.
-pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
-
 #[cfg(test)]
 mod tests {
+    //! The parser between a scripted worker and a scripted monitor (the test plays both).
     use super::*;
-    use crate::firewall::test_holes::{v4, v6};
-    use ftp6proxy_core::{Config, Slot};
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use crate::daemon::messages::MAX_TO_MONITOR;
+    use crate::daemon::test_packets::conversation;
+    use ftp6proxy_core::engine::Checksum;
+    use ftp6proxy_core::Config;
 
-    #[test]
-    fn messages_round_trip() {
-        let mut out = Vec::new();
-        let open = FwAction::Open {
-            slot: Slot(64000),
-            spec: v6(),
-            ttl: Duration::from_secs(2),
+    struct Ends {
+        worker: OwnedFd,
+        monitor: OwnedFd,
+    }
+
+    fn start(
+        handover: Option<std::fs::File>,
+    ) -> (Ends, std::thread::JoinHandle<nix::Result<Exit>>) {
+        let (worker, parser_worker) = crate::daemon::link::seqpacket_pair().unwrap();
+        let (monitor, parser_monitor) = crate::daemon::link::seqpacket_pair().unwrap();
+        let links = Links {
+            worker: parser_worker,
+            monitor: parser_monitor,
         };
-        for message in [
-            ToParser::Packet {
-                id: 7,
-                checksum: Checksum::NotReady,
-                bytes: b"\x60abc",
-            },
-            ToParser::Packet {
-                id: u64::MAX,
-                checksum: Checksum::Verify,
-                bytes: b"",
-            },
-            ToParser::Answer {
-                action: open,
-                ok: true,
-            },
-            ToParser::Status,
-            ToParser::Shutdown,
-        ] {
-            message.encode(&mut out);
-            assert_eq!(ToParser::decode(&out), Ok(message));
-        }
-        for message in [
-            ToWorker::Action {
-                packet: Some(3),
-                action: open,
-            },
-            ToWorker::Action {
-                packet: None,
-                action: FwAction::Close {
-                    slot: Slot(64001),
-                    spec: v4(),
-                },
-            },
-            ToWorker::Done { packet: 9 },
-            ToWorker::Closed,
-        ] {
-            assert_eq!(ToWorker::decode(&message.encode()), Ok(message));
-        }
+        let thread =
+            std::thread::spawn(move || run(Engine::new(Config::default()), links, handover));
+        (Ends { worker, monitor }, thread)
     }
 
-    #[test]
-    fn malformed_messages_are_refused() {
-        for bytes in [
-            &[][..],
-            &[9],
-            &[TO_PARSER_PACKET, 0, 0],
-            &[TO_PARSER_PACKET, 0, 0, 0, 0, 0, 0, 0, 1, 7],
-            &[TO_PARSER_ANSWER, 2],
-            &[TO_PARSER_STATUS, 0],
-        ] {
-            assert_eq!(
-                ToParser::decode(bytes),
-                Err(Invalid::Malformed),
-                "{bytes:?}"
-            );
+    fn send_packet(ends: &Ends, id: u64, bytes: &[u8]) {
+        let mut out = Vec::new();
+        ToParser {
+            id,
+            checksum: Checksum::Verify,
+            bytes,
         }
-        for bytes in [&[][..], &[TO_WORKER_DONE, 1], &[TO_WORKER_CLOSED, 0], &[7]] {
-            assert_eq!(
-                ToWorker::decode(bytes),
-                Err(Invalid::Malformed),
-                "{bytes:?}"
-            );
-        }
+        .encode(&mut out);
+        send(ends.worker.as_raw_fd(), &out, MsgFlags::empty()).unwrap();
     }
 
-    /// The parser answers every packet with its actions and then `Done`, in order, and
-    /// closes no hole at shutdown (the monitor lets each live to its deadline), and writes
-    /// the hand-over for the next instance.
-    #[test]
-    fn parser_answers_packets_and_closes_holes_on_shutdown() {
-        let path = std::env::temp_dir().join(format!("f6p-parser-{}.state", std::process::id()));
-        let handover = crate::daemon::handover::create(&path).unwrap();
-        let (worker_end, parser_end) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
+    /// Blocks for the next pass datagram and returns its ids.
+    fn passes(ends: &Ends) -> Vec<u64> {
+        let mut buf = [0u8; crate::daemon::messages::MAX_PASS_MESSAGE];
+        let n = recv(ends.worker.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        let mut ids = Vec::new();
+        ToWorker::decode_each(&buf[..n], |id| ids.push(id)).unwrap();
+        ids
+    }
+
+    fn next_request(ends: &Ends) -> ToMonitor {
+        let mut buf = [0u8; MAX_TO_MONITOR];
+        let n = recv(ends.monitor.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        ToMonitor::decode(&buf[..n]).unwrap()
+    }
+
+    fn order(ends: &Ends, message: FromMonitor) {
+        send(
+            ends.monitor.as_raw_fd(),
+            &message.encode(),
+            MsgFlags::empty(),
         )
         .unwrap();
-        let parser = std::thread::spawn(move || {
-            run(Engine::new(Config::default()), &parser_end, Some(handover))
-        });
-        let packets = crate::daemon::worker::tests_support::conversation();
-        let mut out = Vec::new();
-        for (id, bytes) in packets.iter().enumerate() {
-            ToParser::Packet {
-                id: id as u64,
-                checksum: Checksum::Verify,
-                bytes,
-            }
-            .encode(&mut out);
-            send(worker_end.as_raw_fd(), &out, MsgFlags::empty()).unwrap();
+    }
+
+    /// Invariant 2 in the parser: packets without announcements are released at once; the
+    /// EPRT's packet only after the monitor confirmed its hole (refused holes release it
+    /// too: invariant 1). At shutdown no hole is closed and the hand-over is written.
+    #[test]
+    fn announcing_packet_is_released_only_after_its_answer() {
+        let path = std::env::temp_dir().join(format!("f6p-parser-{}.state", std::process::id()));
+        let handover = crate::daemon::handover::create(&path).unwrap();
+        let (ends, thread) = start(Some(handover));
+        let packets = conversation();
+        for (id, bytes) in packets.iter().enumerate().take(2) {
+            send_packet(&ends, id as u64, bytes);
+            assert_eq!(passes(&ends), [id as u64]);
         }
-        ToParser::Shutdown.encode(&mut out);
-        send(worker_end.as_raw_fd(), &out, MsgFlags::empty()).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 256];
-        loop {
-            let n = recv(worker_end.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
-            let message = ToWorker::decode(&buf[..n]).unwrap();
-            got.push(message);
-            if message == ToWorker::Closed {
-                break;
-            }
-        }
-        parser.join().unwrap().unwrap();
-        let kinds: Vec<String> = got
-            .iter()
-            .map(|m| match m {
-                ToWorker::Action {
-                    packet: Some(p),
-                    action: FwAction::Open { .. },
-                } => format!("open#{p}"),
-                ToWorker::Action {
-                    packet: None,
-                    action: FwAction::Close { .. },
-                } => "close".into(),
-                ToWorker::Done { packet } => format!("done#{packet}"),
-                other => format!("{other:?}"),
-            })
-            .collect();
+        send_packet(&ends, 2, &packets[2]);
+        let ToMonitor::Request(request) = next_request(&ends) else {
+            panic!("a request")
+        };
+        assert!(matches!(request.action, FwAction::Open { .. }));
+        send_packet(&ends, 3, &packets[3]);
+        assert_eq!(passes(&ends), [3], "the NOOP behind it goes on");
+        order(
+            &ends,
+            FromMonitor::Response {
+                id: request.id,
+                ok: true,
+            },
+        );
+        assert_eq!(passes(&ends), [2], "the EPRT, once its hole is confirmed");
+        order(&ends, FromMonitor::Shutdown);
+        // The worker stops: its stream ends; the parser then hands over and says so.
+        nix::sys::socket::shutdown(ends.worker.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .unwrap();
         assert_eq!(
-            kinds,
-            ["done#0", "done#1", "open#2", "done#2", "done#3", "Closed"],
+            next_request(&ends),
+            ToMonitor::Closed,
             "no close at shutdown: the monitor lets the hole live to its deadline"
         );
-        // The conversation's connection, handed over: a new engine takes it.
+        assert_eq!(thread.join().unwrap(), Ok(Exit::Shutdown));
         let state = std::fs::read(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         let mut next = Engine::new(Config::default());
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
-        assert_eq!(next.import_state(now, &state), Ok(1));
+        assert_eq!(
+            next.import_state(now, &state),
+            Ok(1),
+            "the connection handed over"
+        );
+    }
+
+    #[test]
+    fn refused_hole_still_releases_its_packet() {
+        let (ends, thread) = start(None);
+        let packets = conversation();
+        for (id, bytes) in packets.iter().enumerate().take(3) {
+            send_packet(&ends, id as u64, bytes);
+        }
+        let mut released = passes(&ends);
+        if released.len() < 2 {
+            released.extend(passes(&ends));
+        }
+        assert_eq!(released, [0, 1]);
+        let ToMonitor::Request(request) = next_request(&ends) else {
+            panic!("a request")
+        };
+        order(
+            &ends,
+            FromMonitor::Response {
+                id: request.id,
+                ok: false,
+            },
+        );
+        assert_eq!(passes(&ends), [2]);
+        drop(ends);
+        assert_eq!(thread.join().unwrap(), Ok(Exit::PeerGone));
+    }
+
+    /// Garbage from either peer is logged and changes nothing; the parser goes on.
+    #[test]
+    fn malformed_messages_are_ignored() {
+        let (ends, thread) = start(None);
+        send(ends.worker.as_raw_fd(), &[9, 9, 9], MsgFlags::empty()).unwrap();
+        send(ends.monitor.as_raw_fd(), &[1, 2], MsgFlags::empty()).unwrap();
+        order(&ends, FromMonitor::Response { id: 5, ok: true });
+        send_packet(&ends, 0, &conversation()[1]);
+        assert_eq!(passes(&ends), [0]);
+        drop(ends);
+        assert_eq!(thread.join().unwrap(), Ok(Exit::PeerGone));
     }
 }

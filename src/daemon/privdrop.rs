@@ -1,4 +1,4 @@
-//! Dropping privileges in the worker, in OpenBSD ftp-proxy's order: resolve the user while
+//! Dropping privileges in the worker and the parser, in OpenBSD ftp-proxy's order: resolve the user while
 //! /etc/passwd is reachable, chroot and chdir, then groups, gid and uid — any failure is
 //! fatal. On Linux the worker keeps exactly one capability, CAP_NET_ADMIN, because the
 //! kernel checks it on every NFQUEUE verdict (`netlink_net_capable` looks at the sending
@@ -114,6 +114,12 @@ mod caps {
 
     /// CAP_KILL from linux/capability.h.
     pub const CAP_KILL: u32 = 5;
+    /// CAP_SETGID from linux/capability.h.
+    pub const CAP_SETGID: u32 = 6;
+    /// CAP_SETUID from linux/capability.h.
+    pub const CAP_SETUID: u32 = 7;
+    /// CAP_SYS_CHROOT from linux/capability.h.
+    pub const CAP_SYS_CHROOT: u32 = 18;
 
     /// Leaves only `caps` (all below 32), and forbids gaining anything through exec.
     pub fn limit(caps: &[u32]) -> anyhow::Result<()> {
@@ -141,15 +147,6 @@ mod caps {
     }
 }
 
-/// Gives up every capability left (a parser forked by the worker, which kept one). The
-/// user, group and root were dropped already.
-///
-/// # Errors
-/// When capset(2) or prctl(2) fails.
-pub fn shed_all() -> anyhow::Result<()> {
-    limit_capabilities(Keep::Nothing)
-}
-
 #[cfg(target_os = "linux")]
 fn keep_capabilities_across_setuid() -> anyhow::Result<()> {
     caps::keep_across_setuid()
@@ -164,14 +161,22 @@ fn limit_capabilities(keep: Keep) -> anyhow::Result<()> {
 }
 
 /// Confines the monitor on Linux with nftables: it stays uid 0 (it removes the pidfile and
-/// must outlive the worker) but keeps only CAP_NET_ADMIN (nftables over netlink) and
-/// CAP_KILL (to signal the worker, which runs under another uid).
+/// must outlive its children) but keeps only CAP_NET_ADMIN (nftables over netlink),
+/// CAP_KILL (to signal its children, which run under another uid), and what it takes to
+/// start a replacement child that drops its own privileges: CAP_SETUID, CAP_SETGID and
+/// CAP_SYS_CHROOT (OpenSSH's monitor keeps all of root for the same job).
 ///
 /// # Errors
 /// When capset(2) or prctl(2) fails.
 #[cfg(target_os = "linux")]
 pub fn confine_monitor() -> anyhow::Result<()> {
-    caps::limit(&[caps::CAP_NET_ADMIN, caps::CAP_KILL])
+    caps::limit(&[
+        caps::CAP_NET_ADMIN,
+        caps::CAP_KILL,
+        caps::CAP_SETUID,
+        caps::CAP_SETGID,
+        caps::CAP_SYS_CHROOT,
+    ])
 }
 
 /// On FreeBSD the monitor runs ipfw(8) and pfctl(8), which need full root: nothing to drop.

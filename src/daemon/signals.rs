@@ -119,7 +119,14 @@ impl SignalPipe {
     }
 }
 
-/// Ignores every signal the daemon reacts to (the parser: the worker tells it when to stop,
+/// In a new child: the handlers inherited from the parent write nowhere until the child
+/// installs its own pipe (the parent's pipe descriptors are about to be closed, and their
+/// numbers reused).
+pub fn forget_pipe() {
+    WRITE_END.store(-1, Ordering::Relaxed);
+}
+
+/// Ignores every signal the daemon reacts to (the parser: the monitor tells it when to stop,
 /// and a Ctrl-C to the foreground process group must not kill it before that).
 ///
 /// # Errors

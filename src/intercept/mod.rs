@@ -69,6 +69,11 @@ pub trait Intercept: AsRawFd {
     /// # Errors
     /// A socket error.
     fn pass_held(&mut self, held: Self::Held) -> io::Result<()>;
+
+    /// This socket's previous reader (a worker that died) may have left packets held:
+    /// let them go, where the backend can name them. Divert(4) cannot (a packet it handed
+    /// over is in the dead reader's memory; TCP sends it again), NFQUEUE can.
+    fn adopt(&mut self) {}
 }
 
 /// One packet copy, borrowed from the copy source's receive buffer.

@@ -28,6 +28,9 @@ use ftp6proxy_core::engine::Checksum;
 pub const NFQNL_MSG_PACKET: u8 = 0;
 /// `NFQNL_MSG_VERDICT`: us → kernel, what to do with a packet id.
 pub const NFQNL_MSG_VERDICT: u8 = 1;
+/// `NFQNL_MSG_VERDICT_BATCH`: us → kernel, one verdict for every queued packet up to an
+/// id (linux/netfilter/nfnetlink_queue.h `enum nfqnl_msg_types`).
+pub const NFQNL_MSG_VERDICT_BATCH: u8 = 3;
 /// `NFQNL_MSG_CONFIG`: us → kernel, bind and configure a queue.
 pub const NFQNL_MSG_CONFIG: u8 = 2;
 
@@ -174,6 +177,27 @@ pub fn build_verdict(queue: u16, id: u32, seq: u32) -> Vec<u8> {
     b.finish()
 }
 
+/// Builds the batch verdict `NF_ACCEPT` for every packet still queued on `queue` with an id
+/// up to `id` (net/netfilter/nfnetlink_queue.c `nfqnl_recv_verdict_batch` walks the queue
+/// in order and stops at the first id after it). A new reader sends it once, for the
+/// packets its dead predecessor held.
+pub fn build_verdict_batch(queue: u16, id: u32, seq: u32) -> Vec<u8> {
+    let mut hdr = [0u8; 8];
+    hdr[..4].copy_from_slice(&NF_ACCEPT.to_be_bytes());
+    hdr[4..].copy_from_slice(&id.to_be_bytes());
+    let mut b = MsgBuilder::new();
+    b.begin(
+        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT_BATCH),
+        NLM_F_REQUEST,
+        seq,
+        libc_af_unspec(),
+        queue,
+    )
+    .attr(NFQA_VERDICT_HDR, &hdr)
+    .end();
+    b.finish()
+}
+
 /// Builds an `NFQA_CFG_CMD` config message (`command` for protocol family `pf`) with ACK.
 pub fn build_config_cmd(queue: u16, command: u8, pf: u16, seq: u32) -> Vec<u8> {
     let mut cmd = [0u8; 4];
@@ -242,6 +266,8 @@ pub struct NfQueue {
     current: Option<Current>,
     enobufs: u64,
     malformed: u64,
+    /// A dead reader may have left packets held: release them before the next verdict.
+    adopting: bool,
 }
 
 impl NfQueue {
@@ -317,6 +343,7 @@ impl NfQueue {
             current: None,
             enobufs: 0,
             malformed: 0,
+            adopting: false,
         })
     }
 
@@ -419,6 +446,12 @@ impl Intercept for NfQueue {
         self.current = None;
         loop {
             if let Some(current) = self.next_in_datagram() {
+                if std::mem::take(&mut self.adopting) && current.id > 1 {
+                    // Every packet queued before this one was handed to the dead reader.
+                    let seq = self.sock.next_seq();
+                    self.sock
+                        .send(&build_verdict_batch(self.queue, current.id - 1, seq))?;
+                }
                 let range = current.payload.clone();
                 let checksum = if current.checksum_ready {
                     Checksum::Verify
@@ -454,6 +487,10 @@ impl Intercept for NfQueue {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    fn adopt(&mut self) {
+        self.adopting = true;
     }
 
     fn pass_current(&mut self) -> io::Result<()> {

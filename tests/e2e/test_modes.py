@@ -14,6 +14,9 @@ BASE_ARGS = ["-j", lab.GW_NS, "--firewall", "nft", "--ftp-ports", "21,2121,2122"
              "-p", str(lab.QUEUE), "-t", "2"]
 CAP_NET_ADMIN = 1 << 12
 CAP_KILL = 1 << 5
+CAP_SETGID = 1 << 6
+CAP_SETUID = 1 << 7
+CAP_SYS_CHROOT = 1 << 18
 
 
 def start(tmp_path, *flags, name="daemon.log"):
@@ -41,6 +44,18 @@ def children(pid):
     return [int(p) for p in out.split()]
 
 
+def roles(monitor_pid):
+    """The monitor's children by role (each names itself: ftp6proxy-wkr, ftp6proxy-prs)."""
+    found = {}
+    for pid in children(monitor_pid):
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f.read().strip()
+        role = {"ftp6proxy-wkr": "worker", "ftp6proxy-prs": "parser"}.get(comm)
+        assert role and role not in found, f"unexpected child {pid} ({comm}) of {monitor_pid}"
+        found[role] = pid
+    return found
+
+
 def proc_status(pid):
     fields = {}
     with open(f"/proc/{pid}/status") as f:
@@ -58,9 +73,9 @@ def passive_download_works(family=6):
 def test_each_process_keeps_only_what_it_needs(tmp_path):
     proc = start(tmp_path, "-d")
     try:
-        workers = children(proc.pid)
-        assert len(workers) == 1, f"expected one worker process, found {workers}"
-        status = proc_status(workers[0])
+        found = roles(proc.pid)
+        assert set(found) == {"worker", "parser"}, f"the monitor's children: {found}"
+        status = proc_status(found["worker"])
         uids = status["Uid"].split()
         gids = status["Gid"].split()
         assert set(uids) == {"65535"}, f"worker uids {uids}"
@@ -68,20 +83,20 @@ def test_each_process_keeps_only_what_it_needs(tmp_path):
         assert int(status["CapEff"], 16) == CAP_NET_ADMIN, status["CapEff"]
         assert int(status["CapPrm"], 16) == CAP_NET_ADMIN, status["CapPrm"]
         assert status["NoNewPrivs"] == "1"
-        # The parser, the worker's child, reads the untrusted bytes with no capability.
-        parsers = children(workers[0])
-        assert len(parsers) == 1, f"expected one parser process, found {parsers}"
-        parser = proc_status(parsers[0])
+        # The parser, the worker's sibling, reads the untrusted bytes with no capability.
+        parser = proc_status(found["parser"])
         assert set(parser["Uid"].split()) == {"65535"}, parser["Uid"]
         assert int(parser["CapEff"], 16) == 0 and int(parser["CapPrm"], 16) == 0, parser
         assert parser["NoNewPrivs"] == "1"
         assert parser["Seccomp"] == "2", "the parser runs under its seccomp filter"
-        # The monitor stays uid 0 (pidfile, outlives the worker) with only CAP_NET_ADMIN
-        # (nftables) and CAP_KILL (to signal the worker); the worker still passes packets.
+        # The monitor stays uid 0 (pidfile, outlives its children) with only CAP_NET_ADMIN
+        # (nftables), CAP_KILL (to signal its children) and what starting a replacement
+        # child that drops its privileges takes (CAP_SETUID, CAP_SETGID, CAP_SYS_CHROOT).
         monitor = proc_status(proc.pid)
         assert monitor["Uid"].split()[0] == "0"
-        assert int(monitor["CapEff"], 16) == CAP_NET_ADMIN | CAP_KILL, monitor["CapEff"]
-        assert int(monitor["CapPrm"], 16) == CAP_NET_ADMIN | CAP_KILL, monitor["CapPrm"]
+        want = CAP_NET_ADMIN | CAP_KILL | CAP_SETUID | CAP_SETGID | CAP_SYS_CHROOT
+        assert int(monitor["CapEff"], 16) == want, monitor["CapEff"]
+        assert int(monitor["CapPrm"], 16) == want, monitor["CapPrm"]
         passive_download_works(6)
         r = lab.curl(4, lab.PYFTPD, "hello.txt", "port")
         assert r.returncode == 0, r.stderr
@@ -94,8 +109,8 @@ def test_chrooted_worker_still_works(tmp_path):
     root.mkdir()
     proc = start(tmp_path, "-d", "-r", str(root))
     try:
-        worker = children(proc.pid)[0]
-        parser = children(worker)[0]
+        found = roles(proc.pid)
+        worker, parser = found["worker"], found["parser"]
         assert os.readlink(f"/proc/{worker}/root") == str(root)
         assert os.readlink(f"/proc/{parser}/root") == str(root)
         passive_download_works(4)
@@ -359,11 +374,9 @@ def test_evicted_connection_resumes_and_its_next_epsv_is_helped(tmp_path):
 
 
 def parser_of(monitor_pid):
-    """The parser process: the child of the worker, the monitor's child."""
-    workers = children(monitor_pid)
-    assert len(workers) == 1, f"monitor {monitor_pid} has children {workers}"
-    parsers = children(workers[0])
-    return workers[0], (parsers[0] if len(parsers) == 1 else None)
+    """The worker and the parser process (None while one is being replaced)."""
+    found = roles(monitor_pid)
+    return found.get("worker"), found.get("parser")
 
 
 @pytest.mark.parametrize("flags", [["-d", "-d"], ["-d"]], ids=["debug-log", "dropped"])
@@ -390,6 +403,39 @@ def test_killed_parser_is_replaced_and_ftp_goes_on(tmp_path, flags):
         else:
             log = (tmp_path / "daemon.log").read_text()
             assert "parser died" in log and "started a new one" in log, log[-2000:]
+    finally:
+        stop(proc)
+
+
+def test_killed_worker_is_replaced_and_ftp_goes_on(tmp_path):
+    """Issue 10, self-healing: kill -9 the worker; the monitor starts a new worker and a new
+    parser on the same queue, which never stops being bound, so control packets sent
+    meanwhile wait in it and nothing is lost: a control connection open across the kill
+    goes on, and transfers, passive and active, work."""
+    proc = start(tmp_path, "-d")
+    try:
+        passive_download_works(6)
+        worker, parser = parser_of(proc.pid)
+        with lab.Bridge(6, lab.VSFTPD) as b:
+            b.login()
+            os.kill(worker, signal.SIGKILL)
+            # Sent while the worker is dead or just restarting: it waits in the queue.
+            assert b.cmd("NOOP").startswith("200"), "a command across the worker's death"
+            assert lab.wait_until(
+                lambda: None not in parser_of(proc.pid) and parser_of(proc.pid)[0] != worker,
+                1.0), "no new worker and parser within a second"
+            new_worker, new_parser = parser_of(proc.pid)
+            assert new_parser != parser, "the old parser was replaced too"
+            assert lab.queue_bound(), "the queue stays bound"
+            port = lab.parse_229(b.cmd("EPSV"))
+            assert port > 0
+        passive_download_works(6)
+        r = lab.curl(4, lab.VSFTPD, "hello.txt", "port")
+        assert r.returncode == 0, r.stderr[-2000:]
+        status = proc_status(new_worker)
+        assert status["Uid"].split()[0] == "65535", "the new worker dropped its user"
+        assert int(status["CapEff"], 16) == CAP_NET_ADMIN, status["CapEff"]
+        assert proc_status(new_parser)["Seccomp"] == "2"
     finally:
         stop(proc)
 

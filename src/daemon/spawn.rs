@@ -1,0 +1,334 @@
+//! Starting the monitor's children — the worker and the parser — at startup and again
+//! when one dies: fork, then in the child keep only its own descriptors, log through the
+//! monitor, set its signals, drop privileges (and, for the parser, enter the sandbox),
+//! and run; a child never returns into the monitor's code.
+//!
+//! Owns what a child is made from: the settings, the identity to drop to, the monitor's
+//! copy of the intercept socket (kept so that a new worker reads the same bound queue or
+//! divert port: nothing is rebound, nothing is lost to another process meanwhile), the
+//! log link's writing end, and the hand-over of the previous instance (for the first
+//! parser only). Decides nothing about when to start a child: that is the monitor's.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use anyhow::Context;
+use ftp6proxy_core::Engine;
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::messages::Process;
+use super::signals::{self, SignalPipe};
+use super::{logging, parser, platform, privdrop, worker};
+use crate::cli::{Foreground, Settings};
+use crate::intercept::Intercept;
+
+/// A started child: its pid and the monitor's end of its link.
+#[derive(Debug)]
+pub struct Child {
+    /// Its process id.
+    pub pid: Pid,
+    /// The monitor's end of the link to it.
+    pub link: OwnedFd,
+}
+
+/// How the monitor starts its children (a trait, so the monitor's loop can be tested with
+/// children of the test's making).
+pub trait Spawn {
+    /// Starts a parser that reads packets from the worker on `worker_link`.
+    ///
+    /// # Errors
+    /// When the link or the fork fails.
+    fn parser(&mut self, worker_link: OwnedFd) -> anyhow::Result<Child>;
+
+    /// Starts a worker that sends packets to the parser on `parser_link`.
+    ///
+    /// # Errors
+    /// When the link or the fork fails, or the intercept was released.
+    fn worker(&mut self, parser_link: OwnedFd) -> anyhow::Result<Child>;
+
+    /// Gives up the monitor's copy of the intercept, so that the queue or divert port is
+    /// released the moment the last worker is gone (at shutdown, before holes are closed
+    /// at their deadlines: nothing must sit unread in a queue meanwhile).
+    fn release_intercept(&mut self);
+}
+
+/// The graceful-restart hand-over: what the previous instance left, and where this one
+/// leaves its own (see `handover`).
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// The previous instance's state, for the first parser.
+    pub inherited: Option<Vec<u8>>,
+    /// Where the parser writes this instance's state at shutdown.
+    pub out: Option<std::fs::File>,
+}
+
+/// The daemon's children, as it runs them.
+pub struct Processes<'a> {
+    settings: &'a Settings,
+    identity: privdrop::Identity,
+    intercept: Option<platform::PlatformIntercept>,
+    log_writer: OwnedFd,
+    handover: Handover,
+    /// Workers started so far: every one after the first takes over a queue whose
+    /// previous reader died holding packets.
+    workers: u32,
+}
+
+impl<'a> Processes<'a> {
+    /// Children made from `settings`, dropping to `identity`, reading `intercept`, logging
+    /// on `log_writer`; the first parser takes `handover`.
+    pub fn new(
+        settings: &'a Settings,
+        identity: privdrop::Identity,
+        intercept: platform::PlatformIntercept,
+        log_writer: OwnedFd,
+        handover: Handover,
+    ) -> Self {
+        Processes {
+            settings,
+            identity,
+            intercept: Some(intercept),
+            log_writer,
+            handover,
+            workers: 0,
+        }
+    }
+
+    /// In a new child: log through the monitor as `process`, and close every descriptor
+    /// but `keep` (the monitor's firewall, pidfile, signal pipe, other links: none is the
+    /// child's business).
+    fn become_child(&self, process: Process, keep: &[RawFd]) -> anyhow::Result<()> {
+        // First, so that no signal handler writes into a descriptor number reused below.
+        signals::forget_pipe();
+        let log = self.log_writer.try_clone().context("log link")?;
+        let mut kept = keep.to_vec();
+        kept.push(log.as_raw_fd());
+        logging::forward_to(log, process);
+        platform::name_process(process.name());
+        close_all_but(&kept).context("close the monitor's descriptors")
+    }
+
+    fn run_parser(&mut self, worker_link: OwnedFd, monitor_link: OwnedFd) -> anyhow::Result<()> {
+        let handover = std::mem::take(&mut self.handover);
+        let out_fd = handover.out.as_ref().map(AsRawFd::as_raw_fd);
+        let keep: Vec<RawFd> = [worker_link.as_raw_fd(), monitor_link.as_raw_fd()]
+            .into_iter()
+            .chain(out_fd)
+            .collect();
+        self.become_child(Process::Parser, &keep)?;
+        signals::ignore_all().context("ignore signals in the parser")?;
+        let settings = self.settings;
+        if settings.foreground == Foreground::Debug {
+            chroot_only(settings)?;
+        } else {
+            privdrop::drop_to(
+                &self.identity,
+                settings.chroot.as_deref(),
+                privdrop::Keep::Nothing,
+            )?;
+            platform::sandbox()?;
+        }
+        let mut engine = Engine::new(settings.engine.clone());
+        if let Some(bytes) = &handover.inherited {
+            #[allow(clippy::disallowed_methods)]
+            let now = std::time::Instant::now();
+            match engine.import_state(now, bytes) {
+                Ok(n) => log::info!("took over {n} connections from the previous instance"),
+                Err(e) => log::warn!(
+                    "hand-over from the previous instance not taken ({e}); its connections \
+                     are joined mid-stream"
+                ),
+            }
+        }
+        let links = parser::Links {
+            worker: worker_link,
+            monitor: monitor_link,
+        };
+        parser::run(engine, links, handover.out).context("links of the parser")?;
+        Ok(())
+    }
+
+    fn run_worker(&mut self, parser_link: OwnedFd, monitor_link: OwnedFd) -> anyhow::Result<i32> {
+        let mut intercept = self
+            .intercept
+            .take()
+            .context("the intercept was released")?;
+        let keep = [
+            intercept.as_raw_fd(),
+            parser_link.as_raw_fd(),
+            monitor_link.as_raw_fd(),
+        ];
+        self.become_child(Process::Worker, &keep)?;
+        let signals = SignalPipe::install().context("signal handlers")?;
+        if self.workers > 1 {
+            intercept.adopt();
+        }
+        super::link::set_nonblocking(&parser_link)?;
+        super::link::set_nonblocking(&monitor_link)?;
+        let settings = self.settings;
+        if settings.foreground == Foreground::Debug {
+            chroot_only(settings)?;
+        } else {
+            privdrop::drop_to(
+                &self.identity,
+                settings.chroot.as_deref(),
+                privdrop::Keep::NetAdmin,
+            )?;
+        }
+        let exit =
+            worker::Worker::new(intercept, monitor_link, Some(parser_link), signals).run()?;
+        Ok(match exit {
+            worker::Exit::Terminated => 0,
+            worker::Exit::MonitorGone => 1,
+        })
+    }
+}
+
+impl Spawn for Processes<'_> {
+    fn parser(&mut self, worker_link: OwnedFd) -> anyhow::Result<Child> {
+        let (monitor_end, parser_end) =
+            super::link::seqpacket_pair().context("socketpair for the parser")?;
+        // SAFETY: the monitor is single-threaded; the child only runs its own code and
+        // ends with exit, never returning into the monitor's.
+        match unsafe { fork() }.context("fork a parser")? {
+            ForkResult::Child => {
+                let code = match self.run_parser(worker_link, parser_end) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        log::error!("{e:#}");
+                        1
+                    }
+                };
+                std::process::exit(code);
+            }
+            ForkResult::Parent { child } => {
+                // Only the first parser hands over; the file stays with it.
+                self.handover = Handover::default();
+                drop((worker_link, parser_end));
+                Ok(Child {
+                    pid: child,
+                    link: monitor_end,
+                })
+            }
+        }
+    }
+
+    fn worker(&mut self, parser_link: OwnedFd) -> anyhow::Result<Child> {
+        if self.intercept.is_none() {
+            anyhow::bail!("the intercept was released");
+        }
+        let (monitor_end, worker_end) =
+            super::link::seqpacket_pair().context("socketpair for the worker")?;
+        self.workers += 1;
+        // SAFETY: as in `parser`.
+        match unsafe { fork() }.context("fork a worker")? {
+            ForkResult::Child => {
+                let code = self
+                    .run_worker(parser_link, worker_end)
+                    .unwrap_or_else(|e| {
+                        log::error!("{e:#}");
+                        1
+                    });
+                std::process::exit(code);
+            }
+            ForkResult::Parent { child } => {
+                drop((parser_link, worker_end));
+                Ok(Child {
+                    pid: child,
+                    link: monitor_end,
+                })
+            }
+        }
+    }
+
+    fn release_intercept(&mut self) {
+        self.intercept = None;
+    }
+}
+
+/// Closes every descriptor of this process but `keep` (close_range(2): Linux 5.9+,
+/// FreeBSD 13+, sys/kern/kern_descrip.c `kern_close_range`; one call per gap).
+///
+/// # Errors
+/// When close_range fails other than by being missing; then each descriptor up to the
+/// open-files limit is closed one by one instead.
+pub fn close_all_but(keep: &[RawFd]) -> std::io::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 3u32;
+    let mut gaps: Vec<(u32, u32)> = Vec::new();
+    for &fd in &keep {
+        if fd > from {
+            gaps.push((from, fd - 1));
+        }
+        from = from.max(fd + 1);
+    }
+    gaps.push((from, u32::MAX));
+    for (first, last) in gaps {
+        // SAFETY: closes descriptors this process owns; the kept ones are outside the range.
+        if unsafe { libc::close_range(first, last, 0) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOSYS) {
+                return Err(error);
+            }
+            // SAFETY: sysconf has no preconditions.
+            let limit = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(256, 65_536);
+            let limit = u32::try_from(limit).unwrap_or(65_536);
+            for fd in first..=last.min(limit) {
+                // SAFETY: as above; EBADF for a closed descriptor is harmless.
+                unsafe { libc::close(fd as RawFd) };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `-r` under `-d -d`, where privileges are kept.
+fn chroot_only(settings: &Settings) -> anyhow::Result<()> {
+    if let Some(dir) = &settings.chroot {
+        nix::unistd::chroot(dir.as_path()).with_context(|| format!("chroot {}", dir.display()))?;
+        nix::unistd::chdir("/")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a forked child: after close_all_but, exactly the kept descriptors (and 0-2) are
+    /// open.
+    #[test]
+    fn close_all_but_keeps_exactly_the_kept() {
+        let files: Vec<std::fs::File> = (0..6)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let keep = [files[1].as_raw_fd(), files[4].as_raw_fd()];
+        let others = [
+            files[0].as_raw_fd(),
+            files[2].as_raw_fd(),
+            files[5].as_raw_fd(),
+        ];
+        // SAFETY: the child only makes syscalls and exits.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                let ok = close_all_but(&keep).is_ok()
+                    && keep
+                        .iter()
+                        .all(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+                    && others
+                        .iter()
+                        .all(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0);
+                // SAFETY: _exit skips the test harness's atexit handlers in this child.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+}
