@@ -173,19 +173,15 @@ pub struct Args {
     /// Use up to <count> firewall rules / slots at once
     #[arg(short = 'c', value_name = "count", default_value = "100")]
     pub count: String,
-    /// Run in the foreground without pidfile; twice: also debug log to stderr, no privilege drop
+    /// Run in the foreground (no pidfile unless -i is given); twice: also debug log to stderr, no privilege drop
     #[arg(short = 'd', action = ArgAction::Count)]
     pub debug: u8,
     /// Syslog facility
     #[arg(short = 'f', value_name = "facility", default_value = "daemon")]
     pub facility: String,
-    /// Write the pid to this file (locked; a second instance refuses to start)
-    #[arg(
-        short = 'i',
-        value_name = "pidfile",
-        default_value = "/var/run/ftp6proxy.pid"
-    )]
-    pub pidfile: PathBuf,
+    /// Write the pid to this file (locked; a second instance refuses to start) [default: /var/run/ftp6proxy.pid]
+    #[arg(short = 'i', value_name = "pidfile")]
+    pub pidfile: Option<PathBuf>,
     /// FreeBSD: attach to this vnet jail (name or JID); Linux: enter this network namespace
     #[arg(short = 'j', value_name = "target")]
     pub target: Option<String>,
@@ -288,7 +284,7 @@ pub struct NftTable {
 pub enum Foreground {
     /// Detach, write the pidfile, log to syslog, drop privileges.
     No,
-    /// `-d`: stay in the foreground, no pidfile; log to syslog.
+    /// `-d`: stay in the foreground, no pidfile unless `-i` names one; log to syslog.
     Yes,
     /// `-d -d`: foreground, debug log to stderr, no privilege drop.
     Debug,
@@ -303,8 +299,12 @@ pub struct Settings {
     pub foreground: Foreground,
     /// `-f`.
     pub facility: Facility,
-    /// `-i`.
+    /// `-i`, or its default.
     pub pidfile: PathBuf,
+    /// `-i` was given: in the foreground too, the pidfile is kept (and with it the
+    /// hand-over of connections to the next instance, `<pidfile>.state`), as a service
+    /// manager that runs the daemon in the foreground wants.
+    pub pidfile_given: bool,
     /// `-j`.
     pub target: Option<String>,
     /// `-p`.
@@ -504,7 +504,10 @@ impl Args {
             },
             foreground,
             facility,
-            pidfile: self.pidfile,
+            pidfile_given: self.pidfile.is_some(),
+            pidfile: self
+                .pidfile
+                .unwrap_or_else(|| PathBuf::from("/var/run/ftp6proxy.pid")),
             target: self.target,
             port,
             queue: self.queue,
@@ -606,6 +609,7 @@ mod tests {
         assert_eq!(s.engine.ftp_ports, [21]);
         assert_eq!(s.port, 10004);
         assert_eq!(s.pidfile, PathBuf::from("/var/run/ftp6proxy.pid"));
+        assert!(!s.pidfile_given);
         assert_eq!(s.facility.name, "daemon");
         assert_eq!(s.foreground, Foreground::No);
         assert_eq!(s.anchor, "ftp6proxy");
@@ -669,6 +673,8 @@ mod tests {
         assert_eq!(s.nft_table.family, "ip6");
         assert_eq!(s.engine.ftp_ports, [21, 2121]);
         assert!(s.ipfw_allow_state_loss && s.check);
+        assert_eq!(s.pidfile, PathBuf::from("/tmp/x.pid"));
+        assert!(s.pidfile_given, "-i keeps a pidfile in the foreground too");
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     // path is the host's even when -j attaches to a jail with a root of its own.
     let mut pidfile = match (settings.foreground, settings.check) {
         (Foreground::No, false) => Some(Pidfile::lock(&settings.pidfile)?),
+        // A service manager (systemd) runs -d and names a pidfile: it gets the lock and the
+        // hand-over at restarts all the same.
+        (Foreground::Yes | Foreground::Debug, false) if settings.pidfile_given => {
+            Some(Pidfile::lock(&settings.pidfile)?)
+        }
         _ => None,
     };
     // -j names where the sockets and firewall tools work; the daemon stays on the host,

@@ -66,19 +66,44 @@ def test_unit_command_line_runs_the_lab(tmp_path):
     assert set(caps) >= {"net_admin", "setuid", "setgid", "sys_chroot", "kill"}, caps
     spec = ",".join(["-all"] + ["+" + c for c in caps])
     cmd = ["setpriv", "--bounding-set", spec, "--inh-caps", "-all", "--no-new-privs", *argv]
-    log = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    log = (tmp_path / "daemon.log").open("a")
+
+    def start():
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         assert lab.wait_until(lab.queue_bound, 15) or proc.poll() is not None
         assert proc.poll() is None, \
             f"{shlex.join(cmd)} exited {proc.returncode}: {(tmp_path / 'daemon.log').read_text()}"
+        return proc
+
+    def stop(proc):
+        # KillMode=mixed: SIGTERM to the main process only; it stops its children.
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=20)
+        assert status == 0, \
+            f"exit status {status} after SIGTERM: {(tmp_path / 'daemon.log').read_text()}"
+
+    proc = start()
+    try:
         for family, mode in [(6, "epsv"), (4, "port"), (4, "pasv"), (6, "eprt")]:
             r = lab.curl(family, lab.VSFTPD, "hello.txt", mode)
             assert r.returncode == 0, f"{family}/{mode} through the unit's daemon: {r.stderr[-2000:]}"
             assert "hello from the ftp6proxy lab" in r.stdout
+        # systemctl restart: -i keeps a pidfile in the foreground, so the stopping instance
+        # hands its connections to the next one, whose first EPSV on them is helped.
+        pidfile = runtime / "ftp6proxy" / "ftp6proxy.pid"
+        assert pidfile.read_text().strip() == str(proc.pid), "the pidfile names the daemon"
+        c, s = lab.CLIENT[6], lab.SERVER[6]
+        with lab.Bridge(6, lab.VSFTPD) as b:
+            b.login()
+            assert b.cmd("TYPE I").startswith("200")
+            stop(proc)
+            state = runtime / "ftp6proxy" / "ftp6proxy.state"
+            assert state.exists() and state.stat().st_size > 0, "no hand-over written"
+            proc = start()
+            port = lab.parse_229(b.cmd("EPSV"))
+            assert (c, s, port) in lab.set_elements(6), "first EPSV after the restart"
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        status = proc.wait(timeout=20)
-    assert status == 0, f"exit status {status} after SIGTERM: {(tmp_path / 'daemon.log').read_text()}"
+            stop(proc)
     assert lab.wait_until(lambda: not lab.all_elements(), 7)
