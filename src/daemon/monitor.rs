@@ -177,7 +177,8 @@ pub fn run<S: Spawn>(
                 Signal::Status => {
                     #[allow(clippy::disallowed_methods)]
                     let uptime = started.elapsed().as_secs();
-                    monitor.status(uptime);
+                    let queue = overflow.as_ref().map(|watch| watch.totals());
+                    monitor.status(uptime, queue);
                 }
             }
         }
@@ -429,11 +430,17 @@ impl<S: Spawn> Monitor<'_, S> {
         }
     }
 
-    fn status(&mut self, uptime: u64) {
+    fn status(&mut self, uptime: u64, queue: Option<crate::intercept::QueueStats>) {
         let c = self.counters;
+        let queue = queue.map_or(String::new(), |q| {
+            format!(
+                " queue_dropped={} queue_user_dropped={}",
+                q.dropped, q.user_dropped
+            )
+        });
         log::info!(
             "monitor uptime={uptime}s holes_open={} requests={} refused={} malformed={} \
-             firewall_errors={} parser_restarts={} worker_restarts={}",
+             firewall_errors={} parser_restarts={} worker_restarts={}{queue}",
             self.validator.open_holes().len(),
             c.requests,
             c.refused,

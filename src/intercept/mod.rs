@@ -74,6 +74,12 @@ pub trait Intercept: AsRawFd {
     /// let them go, where the backend can name them. Divert(4) cannot (a packet it handed
     /// over is in the dead reader's memory; TCP sends it again), NFQUEUE can.
     fn adopt(&mut self) {}
+
+    /// Times this reader found its socket overflowed (packets passed unseen), where the
+    /// backend can tell (NFQUEUE's ENOBUFS); for the status line.
+    fn overflows(&self) -> u64 {
+        0
+    }
 }
 
 /// One packet copy, borrowed from the copy source's receive buffer.
@@ -186,6 +192,11 @@ impl OverflowWatch {
         let mut text = String::new();
         self.file.read_to_string(&mut text).ok()?;
         parse_queue_stats(&text, self.queue)
+    }
+
+    /// The totals seen at the last check.
+    pub fn totals(&self) -> QueueStats {
+        self.last
     }
 
     /// A warning line if the counters grew since the last call.

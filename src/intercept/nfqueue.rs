@@ -493,6 +493,10 @@ impl Intercept for NfQueue {
         self.adopting = true;
     }
 
+    fn overflows(&self) -> u64 {
+        self.enobufs
+    }
+
     fn pass_current(&mut self) -> io::Result<()> {
         match self.current.take() {
             Some(current) => self.verdict(current.id),

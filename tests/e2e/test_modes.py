@@ -154,16 +154,33 @@ def test_detached_daemon_writes_locks_and_removes_its_pidfile(tmp_path):
     assert lab.wait_until(lambda: not lab.queue_bound(), 10)
 
 
-def test_sigusr1_logs_one_status_line(tmp_path):
+def test_sigusr1_logs_every_process_status(tmp_path):
+    """Issue 10 item 7: one SIGUSR1 to the monitor gives each process's counters: the
+    monitor's (uptime, requests, restarts, the queue's drop totals), the worker's (held,
+    passed late/unread, its socket's overflows) and the engine's (connections, holes,
+    evictions, reorder drops, fragments, gaps, refusals by reason)."""
     proc = start(tmp_path, "-d", "-d")
     try:
         passive_download_works(6)
         proc.send_signal(signal.SIGUSR1)
         log = tmp_path / "daemon.log"
-        assert lab.wait_until(lambda: "status connections=" in log.read_text(), 5), \
-            log.read_text()
-        line = next(l for l in log.read_text().splitlines() if "status connections=" in l)
-        assert "opened=1" in line and "holes=" in line, line
+        wanted = ["status connections=", "monitor uptime=", "worker held="]
+        assert lab.wait_until(lambda: all(w in log.read_text() for w in wanted), 5), \
+            log.read_text()[-3000:]
+        lines = log.read_text().splitlines()
+
+        def line_with(marker):
+            return next(l for l in lines if marker in l)
+        engine = line_with("status connections=")
+        for field in ["opened=1", "holes=", "evicted=", "reorder_drops=", "fragments=", "gaps=",
+                      "denied_unsolicited="]:
+            assert field in engine, (field, engine)
+        monitor = line_with("monitor uptime=")
+        for field in ["requests=", "parser_restarts=0", "worker_restarts=0", "queue_dropped="]:
+            assert field in monitor, (field, monitor)
+        worker = line_with("worker held=")
+        for field in ["passed_late=", "passed_unread=", "socket_overflows="]:
+            assert field in worker, (field, worker)
     finally:
         stop(proc)
 
