@@ -273,10 +273,7 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
             }
             // No hole is closed here: the monitor lets each live to its deadline (see
             // monitor::clean_up), and the next instance adopts them.
-            log::info!(
-                "terminating with {} holes open",
-                parser.engine.open_holes()
-            );
+            log::info!("terminating with {} holes open", parser.engine.open_holes());
             parser.drain_events();
             if let Some(mut file) = handover.take() {
                 hand_over(&parser.engine, &mut file);
