@@ -80,7 +80,11 @@ pub fn overflow_watch(
 /// program name), so an administrator can tell the three processes apart. rc.subr finds
 /// the daemon by its pidfile's process, the monitor, which keeps its name.
 pub fn name_process(role: &str) {
-    let title = if role == "worker" { c"worker" } else { c"parser" };
+    let title = if role == "worker" {
+        c"worker"
+    } else {
+        c"parser"
+    };
     // SAFETY: a "%s" format with one NUL-terminated string argument.
     unsafe { libc::setproctitle(c"%s".as_ptr(), title.as_ptr()) };
 }

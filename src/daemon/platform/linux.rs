@@ -86,7 +86,11 @@ pub fn overflow_watch(
 /// becomes `ftp6proxy-wkr` or `ftp6proxy-prs`, so an administrator (and the tests) can
 /// tell the three processes apart.
 pub fn name_process(role: &str) {
-    let short = if role == "worker" { c"ftp6proxy-wkr" } else { c"ftp6proxy-prs" };
+    let short = if role == "worker" {
+        c"ftp6proxy-wkr"
+    } else {
+        c"ftp6proxy-prs"
+    };
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, short.as_ptr(), 0, 0, 0) };
 }
