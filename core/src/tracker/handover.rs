@@ -77,21 +77,7 @@ pub struct Record {
     pub last_hole: [Option<(u32, HoleSpec)>; 2],
 }
 
-/// The session part of a record.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SessionRecord {
-    /// TLS was seen (the connection is not handed over while inside TLS).
-    pub tls_seen: bool,
-    /// The server's stream lost bytes at some point (replies may be owed to commands
-    /// never seen).
-    pub after_loss: bool,
-    /// 0 closed, 1 open (with `code`), 2 unknown.
-    pub multiline: u8,
-    /// The open multi-line reply's code.
-    pub code: u16,
-    /// Outstanding commands: (kind, end_seq), kinds as in the module docs.
-    pub outstanding: Vec<(u8, u32)>,
-}
+pub use crate::tracker::session::SessionRecord;
 
 /// Writes `records` as a hand-over file.
 pub fn encode(records: &[Record]) -> Vec<u8> {

@@ -75,6 +75,23 @@ enum Multiline {
     Unknown,
 }
 
+/// The session as a hand-over record keeps it (`tracker::handover` encodes and validates
+/// it; the session owns its meaning).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionRecord {
+    /// TLS was seen (the connection is not handed over while inside TLS).
+    pub tls_seen: bool,
+    /// The server's stream lost bytes at some point (replies may be owed to commands
+    /// never seen).
+    pub after_loss: bool,
+    /// 0 closed, 1 open (with `code`), 2 unknown.
+    pub multiline: u8,
+    /// The open multi-line reply's code.
+    pub code: u16,
+    /// Outstanding commands: (kind, end_seq), kinds as in the module docs.
+    pub outstanding: Vec<(u8, u32)>,
+}
+
 /// FTP state of one control connection.
 #[derive(Debug, Default)]
 pub struct Session {
@@ -127,7 +144,7 @@ impl Session {
     }
 
     /// The session as handed over to the next instance (`tracker::handover`).
-    pub fn to_record(&self) -> crate::tracker::handover::SessionRecord {
+    pub fn to_record(&self) -> SessionRecord {
         let (multiline, code) = match self.multiline {
             Multiline::Closed => (0, 0),
             Multiline::Open(code) => (1, code),
@@ -147,7 +164,7 @@ impl Session {
                 (kind, *end_seq)
             })
             .collect();
-        crate::tracker::handover::SessionRecord {
+        SessionRecord {
             tls_seen: self.encrypted,
             after_loss: self.after_loss,
             multiline,
@@ -158,7 +175,7 @@ impl Session {
 
     /// A session from a validated hand-over record (`handover::decode` checked every
     /// value; anything else found here fails closed: unknown multi-line state).
-    pub fn from_record(record: &crate::tracker::handover::SessionRecord) -> Session {
+    pub fn from_record(record: &SessionRecord) -> Session {
         let multiline = match (record.multiline, record.code) {
             (0, _) => Multiline::Closed,
             (1, code) => Multiline::Open(code),
