@@ -292,14 +292,13 @@ impl NfQueue {
             let pf = u16::try_from(pf).expect("address family numbers are small");
             for cmd in [NFQNL_CFG_CMD_PF_UNBIND, NFQNL_CFG_CMD_PF_BIND] {
                 let seq = sock.next_seq();
-                if let Err(e) = request(&sock, &build_config_cmd(queue_num, cmd, pf, seq), seq) {
+                if let Err(e) = sock.request(&build_config_cmd(queue_num, cmd, pf, seq), seq) {
                     log::debug!("nfqueue pf command {cmd} for family {pf}: {e} (ignored)");
                 }
             }
         }
         let seq = sock.next_seq();
-        if let Err(e) = request(
-            &sock,
+        if let Err(e) = sock.request(
             &build_config_cmd(queue_num, NFQNL_CFG_CMD_BIND, 0, seq),
             seq,
         ) {
@@ -307,18 +306,13 @@ impl NfQueue {
         }
         let seq = sock.next_seq();
         let flags = NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO;
-        if let Err(e) = request(
-            &sock,
-            &build_config_params(queue_num, COPY_RANGE, flags, seq),
-            seq,
-        ) {
+        if let Err(e) = sock.request(&build_config_params(queue_num, COPY_RANGE, flags, seq), seq) {
             // Kernels before 3.10 know fail-open but not GSO, and refuse unknown flags.
             log::debug!(
                 "nfqueue {queue_num}: flags fail-open+gso refused ({e}), retrying without gso"
             );
             let seq = sock.next_seq();
-            request(
-                &sock,
+            sock.request(
                 &build_config_params(queue_num, COPY_RANGE, NFQA_CFG_F_FAIL_OPEN, seq),
                 seq,
             )
@@ -524,28 +518,6 @@ impl AsRawFd for NfQueue {
     }
 }
 
-/// Sends one request with `NLM_F_ACK` and reads the kernel's answer to `seq` (the socket is
-/// still blocking here, and the kernel answers config requests before `sendto` returns).
-fn request(sock: &Socket, bytes: &[u8], seq: u32) -> io::Result<()> {
-    sock.send(bytes)?;
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = sock.recv(&mut buf, true)?;
-        for msg in messages(&buf[..n]) {
-            let msg = msg.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            if msg.ty == NLMSG_ERROR && msg.seq == seq {
-                let errno = netlink::parse_error(msg.payload)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                return if errno == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(errno))
-                };
-            }
-        }
-    }
-}
-
 /// Explains a failed `NFQNL_CFG_CMD_BIND`.
 ///
 /// The kernel answers EPERM both when we lack CAP_NET_ADMIN (nfnetlink_rcv) and when another
@@ -566,7 +538,7 @@ fn bind_error(sock: &mut Socket, queue: u16, err: io::Error) -> io::Error {
             )
             .end();
             let capable = !matches!(
-                request(sock, &b.finish(), seq).map_err(|e| e.raw_os_error()),
+                sock.request(&b.finish(), seq).map_err(|e| e.raw_os_error()),
                 Err(Some(libc::EPERM))
             );
             if capable {

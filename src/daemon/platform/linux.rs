@@ -28,8 +28,8 @@ fn in_target<T>(target: Option<&Target>, open: impl FnOnce() -> T) -> anyhow::Re
 /// # Errors
 /// When the queue cannot be bound (permission, or another process holds it).
 pub fn open_intercept(settings: &Settings, target: Option<&Target>) -> anyhow::Result<NfQueue> {
-    in_target(target, || NfQueue::open(settings.port))?
-        .with_context(|| format!("bind NFQUEUE {}", settings.port))
+    // NfQueue::open names the queue and the step that failed: no second context.
+    Ok(in_target(target, || NfQueue::open(settings.port))??)
 }
 
 /// The firewall backend from `--firewall`, talking to the namespace of `-j`.
