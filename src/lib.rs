@@ -5,7 +5,8 @@
 //! the event loop, privilege separation and process plumbing ([`daemon`]).
 
 pub mod cli;
-pub mod daemon;
+mod daemon;
+pub use daemon::run as run_daemon;
 pub mod firewall;
 pub mod intercept;
 pub mod jail;

@@ -23,7 +23,7 @@ fn main() {
     if let Some(capture) = &settings.replay {
         std::process::exit(ftp6proxy::replay::main(capture, &settings));
     }
-    match ftp6proxy::daemon::run(&settings) {
+    match ftp6proxy::run_daemon(&settings) {
         Ok(code) => std::process::exit(code),
         Err(error) => {
             let line = format!("{error:#}");

@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    getsockopt, send, setsockopt, socketpair, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
+    send, setsockopt, socketpair, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
 };
 
 /// Send and receive space asked for on each end of a link: four messages of the largest
@@ -72,8 +72,9 @@ pub fn size_buffers(socket: &OwnedFd, bytes: usize) {
 ///
 /// # Errors
 /// When getsockopt(2) fails.
+#[cfg(test)]
 pub fn send_space(socket: &OwnedFd) -> io::Result<usize> {
-    Ok(getsockopt(socket, sockopt::SndBuf)?)
+    Ok(nix::sys::socket::getsockopt(socket, sockopt::SndBuf)?)
 }
 
 /// Sets `O_NONBLOCK` on `socket`.

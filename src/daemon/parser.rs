@@ -207,7 +207,11 @@ impl Parser {
                 match FromMonitor::decode(&buf[..n]) {
                     Ok(FromMonitor::Shutdown) => return Ok(true),
                     Ok(FromMonitor::Response { id, ok }) => self.answer(id, ok),
-                    Ok(FromMonitor::Status) => log::info!("{}", self.engine.status()),
+                    Ok(FromMonitor::Status) => log::info!(
+                        "{} log_dropped={}",
+                        self.engine.status(),
+                        super::logging::forward_dropped()
+                    ),
                     Err(e) => log::error!("the monitor sent a {e}"),
                 }
             }
@@ -310,7 +314,11 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
             };
             match FromMonitor::decode(&monitor_buf[..n]) {
                 Ok(FromMonitor::Response { id, ok }) => parser.answer(id, ok),
-                Ok(FromMonitor::Status) => log::info!("{}", parser.engine.status()),
+                Ok(FromMonitor::Status) => log::info!(
+                    "{} log_dropped={}",
+                    parser.engine.status(),
+                    super::logging::forward_dropped()
+                ),
                 // Packets the worker read before it stopped are still coming: each is
                 // read, so none goes on unread, and the hand-over includes them.
                 Ok(FromMonitor::Shutdown) => stopping = true,

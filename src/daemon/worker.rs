@@ -307,14 +307,15 @@ impl<I: Intercept> Worker<I> {
         let c = self.counters;
         format!(
             "worker held={} parser={} passed_late={} passed_unread={} \
-             passed_without_parser={} parser_restarts={} socket_overflows={}",
+             passed_without_parser={} parser_restarts={} socket_overflows={} log_dropped={}",
             self.held.len(),
             if self.parser.is_some() { "up" } else { "down" },
             c.passed_late,
             c.passed_unread,
             c.passed_without_parser,
             c.parser_restarts,
-            self.intercept.overflows()
+            self.intercept.overflows(),
+            super::logging::forward_dropped()
         )
     }
 
