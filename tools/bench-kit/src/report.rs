@@ -80,7 +80,7 @@ impl Results {
         let v = self.all(contender, metric);
         if v.is_empty() {
             None
-        } else if metric.ends_with("_failed") {
+        } else if metric.ends_with("_failed") || metric.ends_with("_dropped") {
             Some(v.iter().sum())
         } else {
             Some(median(v))
@@ -147,6 +147,9 @@ fn rows() -> Vec<(String, String)> {
             "rss_kib_per_conn",
             "daemon RSS per idle tracked connection (KiB)",
         ),
+        ("queue_dropped", "NFQUEUE: dropped by the kernel (sum)"),
+        ("user_dropped", "NFQUEUE: passed unseen, socket full (sum)"),
+        ("bulk_failed", "bulk download failed (sum)"),
     ] {
         r.push((k.into(), l.into()));
     }
@@ -321,15 +324,17 @@ pub fn gnuplot_script(data: &str, svg: &str, measured: &[&str]) -> String {
         ));
     }
     format!(
-        "set terminal svg size 960,420 dynamic font 'sans,11'\n\
+        "set terminal svg size 960,460 dynamic font 'sans,11'\n\
          set output '{svg}'\n\
          set multiplot layout 1,2\n\
-         set logscale x 2\nset xtics (1, 8, 64)\nset grid\nset key top left\n\
+         set logscale x 2\nset xrange [0.8:80]\nset xtics (1, 8, 64)\nset grid\n\
+         set key below\n\
          set xlabel 'concurrent clients'\n\
          set title 'small downloads per second (higher is better)'\nset ylabel 'transfers/s'\n\
          set yrange [0:*]\n\
          plot {}\n\
          set title 'NOOP round trip p99 under that load (lower is better)'\nset ylabel 'µs'\n\
+         set logscale y\nset yrange [*:*]\n\
          plot {}\n\
          unset multiplot\n",
         xfer.join(", "),
@@ -345,6 +350,8 @@ pub struct Page<'a> {
     pub run: &'a str,
     /// The core micro-benchmarks' output.
     pub micro: &'a str,
+    /// perf's view of the daemon under load (empty: not profiled).
+    pub profile: &'a str,
     /// The plot's file name, next to BENCHMARKS.md.
     pub svg: &'a str,
 }
@@ -366,6 +373,7 @@ pub fn markdown(r: &Results, page: &Page<'_>) -> String {
          ## Core micro-benchmarks\n\n\
          `cargo bench -p ftp6proxy-bench-kit --bench engine` (std::time, best of several \
          rounds):\n\n```\n{micro}\n```\n\n\
+         {profile}\
          ## How it is measured\n\n\
          - **Lab**: three network namespaces `f6pb-client`, `f6pb-gw`, `f6pb-server` joined by \
          veth pairs; the gateway forwards with a stateful nftables ruleset (policy drop, \
@@ -410,6 +418,14 @@ pub fn markdown(r: &Results, page: &Page<'_>) -> String {
         targets = targets(r),
         line = bench_line(r),
         micro = page.micro.trim_end(),
+        profile = if page.profile.trim().is_empty() {
+            String::new()
+        } else {
+            format!(
+                "## Profile of ftp6proxy under load\n\n```\n{}\n```\n\n",
+                page.profile.trim_end()
+            )
+        },
     )
 }
 

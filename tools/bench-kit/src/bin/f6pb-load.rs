@@ -9,7 +9,7 @@
 //!     opens N logged-in control connections, prints `ready N`, holds them until stdin closes
 //! f6pb-load residence CAPTURE INGRESS EGRESS CONTENDER BLOCK
 //!     the time 229 replies spent in the gateway, from a tcpdump text capture
-//! f6pb-load report RESULTS [--md FILE --machine FILE --run FILE --micro FILE --svg NAME]
+//! f6pb-load report RESULTS [--md FILE --machine FILE --run FILE --micro FILE --profile FILE --svg NAME]
 //!          [--plot-data FILE --plot-script FILE]
 //!     prints the table and ends with the `bench:` line; writes BENCHMARKS.md and the plot's
 //!     inputs when asked
@@ -72,7 +72,7 @@ fn run(args: &[String]) {
     let quick = args.iter().any(|a| a == "--quick");
     let only = option(args, "--only");
     let wanted = |w: &str| only.is_none_or(|o| o.split(',').any(|o| o == w));
-    let secs = if quick { 2.0 } else { 6.0 };
+    let secs = if quick { 1.5 } else { 6.0 };
     if wanted("noop") {
         emit(
             contender,
@@ -96,7 +96,7 @@ fn run(args: &[String]) {
         }
     }
     if only.is_some() && wanted("epsv") {
-        let secs = if quick { 1.5 } else { 5.0 };
+        let secs = if quick { 1.0 } else { 5.0 };
         emit(
             contender,
             block,
@@ -166,6 +166,7 @@ fn report(args: &[String]) {
             machine: &option(args, "--machine").map(read).unwrap_or_default(),
             run: &option(args, "--run").map(read).unwrap_or_default(),
             micro: &option(args, "--micro").map(read).unwrap_or_default(),
+            profile: &option(args, "--profile").map(read).unwrap_or_default(),
             svg: option(args, "--svg-link").unwrap_or("BENCHMARKS.svg"),
         };
         write(md, &report::markdown(&results, &page));
