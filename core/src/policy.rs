@@ -203,7 +203,7 @@ impl fmt::Display for Deny {
             Deny::TableFull => write!(
                 f,
                 " (every slot holds a live hole: give -c at least the new data connections \
-                 per second times -t)"
+                 per second times -t, or let an nftables hole rule use holes up with delete)"
             ),
             Deny::Truncated | Deny::MidLine => Ok(()),
         }

@@ -372,6 +372,37 @@ fn exhausted_slots_refuse_and_count() {
     assert!(h.logged("deny reason=table_full"));
 }
 
+/// Issue 10 item 6: a hole its data connection used up (the firewall's rule consumed it)
+/// frees its slot at once: with one slot, the next announcement gets a hole without
+/// waiting for the deadline. A stale report (the slot holds another hole by then)
+/// changes nothing.
+#[test]
+fn used_hole_frees_its_slot_at_once() {
+    let config = Config {
+        count: 1,
+        ..Config::default()
+    };
+    let mut h = Harness::with(config, CLIENT6, SERVER6).connected();
+    h.login();
+    h.client("EPRT |2|2001:db8:1::10|50606|\r\n");
+    let (slot, spec) = h.installed.iter().map(|(s, p)| (*s, *p)).next().unwrap();
+    // The rule deleted the element on the data connection's SYN; the monitor reports it.
+    h.installed.remove(&slot);
+    h.engine.hole_used(slot, spec);
+    h.drain_events();
+    assert!(h.logged("hole used"));
+    h.client("EPRT |2|2001:db8:1::10|50607|\r\n");
+    assert_eq!(
+        h.holes(),
+        [active("2001:db8:2::21", "2001:db8:1::10", 50607)],
+        "the freed slot took the next hole"
+    );
+    h.engine.hole_used(slot, spec);
+    assert_eq!(h.engine.counters().holes_used, 1, "the stale report freed nothing");
+    h.client("EPRT |2|2001:db8:1::10|50608|\r\n");
+    assert_eq!(h.engine.counters().denied("table_full"), 1, "the slot is still busy");
+}
+
 /// Invariant 6: shutdown closes every hole.
 #[test]
 fn shutdown_closes_every_hole() {

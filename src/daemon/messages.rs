@@ -15,7 +15,7 @@
 //!   worker  → parser   ToParser::Packet { id, checksum, bytes }       ≤ MAX_PACKET_MESSAGE
 //!   parser  → worker   ToWorker::Pass { ids }                         ≤ MAX_PASS_MESSAGE
 //!   parser  → monitor  ToMonitor::Request (48 bytes) | Closed (1)
-//!   monitor → parser   FromMonitor::Response (6) | Status (1) | Shutdown (1)
+//!   monitor → parser   FromMonitor::Response (6) | Status (1) | Shutdown (1) | Used (49)
 //!   monitor → worker   NEW_PARSER (1 byte, with the new parser link as SCM_RIGHTS)
 //!   worker, parser → monitor (log link)  [level][process][text ≤ MAX_FORWARDED]
 //! ```
@@ -136,8 +136,8 @@ impl ToWorker {
 pub const REQUEST_LEN: usize = 48;
 /// Largest message to the monitor.
 pub const MAX_TO_MONITOR: usize = REQUEST_LEN;
-/// Largest message from the monitor.
-pub const MAX_FROM_MONITOR: usize = 6;
+/// Largest message from the monitor (`Used`: a tag and a request's layout).
+pub const MAX_FROM_MONITOR: usize = 1 + REQUEST_LEN;
 
 /// Byte offsets of a request:
 /// ```text
@@ -169,6 +169,7 @@ const CLOSED: u8 = 0x80;
 const RESPONSE: u8 = 1;
 const STATUS: u8 = 2;
 const SHUTDOWN: u8 = 3;
+const USED: u8 = 4;
 
 /// A request: apply `action`; `id` pairs it with its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +203,14 @@ pub enum FromMonitor {
     Status,
     /// Write the hand-over and exit (SIGTERM).
     Shutdown,
+    /// The hole `spec` in `slot` was used up by its data connection (the firewall's rule
+    /// consumed it): the slot is free.
+    Used {
+        /// The slot.
+        slot: Slot,
+        /// The hole it held.
+        spec: HoleSpec,
+    },
 }
 
 fn put_addr(out: &mut [u8], addr: IpAddr) {
@@ -334,6 +343,18 @@ impl FromMonitor {
             }
             FromMonitor::Status => vec![STATUS],
             FromMonitor::Shutdown => vec![SHUTDOWN],
+            FromMonitor::Used { slot, spec } => {
+                let mut out = vec![USED];
+                let close = FwAction::Close { slot, spec };
+                out.extend_from_slice(
+                    &Request {
+                        id: 0,
+                        action: close,
+                    }
+                    .encode(),
+                );
+                out
+            }
         }
     }
 
@@ -349,6 +370,13 @@ impl FromMonitor {
             }),
             [STATUS] => Ok(FromMonitor::Status),
             [SHUTDOWN] => Ok(FromMonitor::Shutdown),
+            [USED, ref request @ ..] => match Request::decode(request)? {
+                Request {
+                    id: 0,
+                    action: FwAction::Close { slot, spec },
+                } => Ok(FromMonitor::Used { slot, spec }),
+                _ => Err(Malformed),
+            },
             _ => Err(Malformed),
         }
     }
@@ -545,6 +573,10 @@ mod tests {
             FromMonitor::Response { id: 9, ok: false },
             FromMonitor::Status,
             FromMonitor::Shutdown,
+            FromMonitor::Used {
+                slot: Slot(64003),
+                spec: spec6(),
+            },
         ] {
             let bytes = message.encode();
             assert!(bytes.len() <= MAX_FROM_MONITOR);

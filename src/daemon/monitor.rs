@@ -32,6 +32,7 @@ use super::privsep::Validator;
 use super::signals::{Event as Signal, SignalPipe};
 use super::spawn::{Child, Spawn};
 use crate::firewall::Firewall;
+use ftp6proxy_core::{HoleSpec, Slot};
 
 /// How long the children get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_millis(3000);
@@ -40,6 +41,14 @@ const STOP_GRACE: Duration = Duration::from_millis(3000);
 /// holes at their deadlines; one that stays open longer lost its parser (a crash, then a
 /// fresh parser that knows nothing of it). Invariant 6: none stays forever.
 const OVERDUE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often, while holes are open, the firewall is asked which of them their data
+/// connections used up (nft: consumed by the hole rule), so their slots free at once:
+/// every [`USE_CHECK`], and every [`USE_CHECK_BUSY`] while three quarters of the slots
+/// are taken (one dump of the sets each time: a few tens of microseconds).
+const USE_CHECK: Duration = Duration::from_millis(100);
+/// See [`USE_CHECK`].
+const USE_CHECK_BUSY: Duration = Duration::from_millis(5);
 
 /// How often the intercept's drop counters are looked at.
 const OVERFLOW_CHECK: Duration = Duration::from_secs(5);
@@ -70,6 +79,7 @@ struct ParserChild {
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
     requests: u64,
+    holes_used: u64,
     refused: u64,
     malformed: u64,
     firewall_errors: u64,
@@ -119,6 +129,7 @@ pub fn run<S: Spawn>(
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
     let mut next_overflow_check = started + OVERFLOW_CHECK;
+    let mut last_use_check = started;
     let mut terminating: Option<Instant> = None;
     let mut failed = false;
     loop {
@@ -127,8 +138,24 @@ pub fn run<S: Spawn>(
             .validator
             .next_overdue(OVERDUE_GRACE)
             .map(|at| at.saturating_duration_since(Instant::now()));
+        let (open_holes, slots) = monitor.validator.usage();
+        let watching_use = monitor.firewall.reports_use() && open_holes > 0;
+        let use_period = if open_holes * 4 >= slots * 3 {
+            USE_CHECK_BUSY
+        } else {
+            USE_CHECK
+        };
+        // The period follows the load: a check falls due `use_period` after the last one.
+        let use_due = watching_use.then(|| last_use_check + use_period);
         let timeout = match (terminating, &overflow, overdue_in) {
             (Some(_), _, _) => PollTimeout::from(50u16),
+            _ if watching_use => {
+                #[allow(clippy::disallowed_methods)]
+                let left = use_due.map_or(USE_CHECK, |due| {
+                    due.saturating_duration_since(Instant::now())
+                });
+                PollTimeout::from(u16::try_from(left.as_millis().max(1)).unwrap_or(100))
+            }
             (None, Some(_), _) => PollTimeout::from(1000u16),
             (None, None, Some(left)) => {
                 PollTimeout::from(u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX))
@@ -195,6 +222,10 @@ pub fn run<S: Spawn>(
             }
         }
         monitor.close_overdue(now);
+        if use_due.is_some_and(|due| now >= due) {
+            last_use_check = now;
+            monitor.reclaim_used(now);
+        }
         let parser_alive = monitor.serve_parser();
         let worker_alive = monitor.worker_alive();
         if let Some(since) = terminating {
@@ -415,6 +446,47 @@ impl<S: Spawn> Monitor<'_, S> {
         }
     }
 
+    /// Frees the slots of holes their data connections used up: the validator forgets
+    /// them and the parser is told, so the engine can give the slot to the next
+    /// announcement instead of waiting for the deadline (issue 10: enough slots). Holes
+    /// within [`USE_CHECK`] of their deadline are left alone: their element may have
+    /// timed out instead, and the engine closes them anyway.
+    fn reclaim_used(&mut self, now: Instant) {
+        let holes: Vec<(Slot, HoleSpec)> = self
+            .validator
+            .open_holes()
+            .into_iter()
+            .filter(|(_, deadline)| *deadline > now + USE_CHECK)
+            .map(|(close, _)| (close.slot(), *close.spec()))
+            .collect();
+        if holes.is_empty() {
+            return;
+        }
+        let used = match self.firewall.used(&holes) {
+            Ok(used) => used,
+            Err(e) => {
+                self.counters.firewall_errors += 1;
+                if logging::is_power_of_ten(self.counters.firewall_errors) {
+                    log::error!("firewall: reading which holes were used: {e}");
+                }
+                return;
+            }
+        };
+        for slot in used {
+            let Some(&(_, spec)) = holes.iter().find(|(s, _)| *s == slot) else {
+                continue;
+            };
+            self.validator
+                .applied(&ftp6proxy_core::FwAction::Close { slot, spec }, true);
+            self.counters.holes_used += 1;
+            if let Some(parser) = self.parser.as_mut() {
+                parser
+                    .outbox
+                    .push_back(FromMonitor::Used { slot, spec }.encode());
+            }
+        }
+    }
+
     /// Closes holes whose parser is gone (still open [`OVERDUE_GRACE`] after their
     /// deadline).
     fn close_overdue(&mut self, now: Instant) {
@@ -440,12 +512,13 @@ impl<S: Spawn> Monitor<'_, S> {
         });
         log::info!(
             "monitor uptime={uptime}s holes_open={} requests={} refused={} malformed={} \
-             firewall_errors={} parser_restarts={} worker_restarts={}{queue}",
+             firewall_errors={} holes_used={} parser_restarts={} worker_restarts={}{queue}",
             self.validator.open_holes().len(),
             c.requests,
             c.refused,
             c.malformed,
             c.firewall_errors,
+            c.holes_used,
             c.parser_restarts,
             c.worker_restarts
         );

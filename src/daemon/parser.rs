@@ -207,6 +207,7 @@ impl Parser {
                 match FromMonitor::decode(&buf[..n]) {
                     Ok(FromMonitor::Shutdown) => return Ok(true),
                     Ok(FromMonitor::Response { id, ok }) => self.answer(id, ok),
+                    Ok(FromMonitor::Used { .. }) => {}
                     Ok(FromMonitor::Status) => log::info!(
                         "{} log_dropped={}",
                         self.engine.status(),
@@ -314,6 +315,7 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
             };
             match FromMonitor::decode(&monitor_buf[..n]) {
                 Ok(FromMonitor::Response { id, ok }) => parser.answer(id, ok),
+                Ok(FromMonitor::Used { slot, spec }) => parser.engine.hole_used(slot, spec),
                 Ok(FromMonitor::Status) => log::info!(
                     "{} log_dropped={}",
                     parser.engine.status(),

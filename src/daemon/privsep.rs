@@ -64,6 +64,11 @@ impl Validator {
         }
     }
 
+    /// How many holes are open, and how many slots there are.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.opened.len(), usize::from(self.count))
+    }
+
     /// Checks `action`; on success the monitor applies it and then calls [`Validator::applied`].
     ///
     /// # Errors

@@ -28,6 +28,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, MsgFlags, Shutdown};
 
 use super::link::{self, send_nonblocking, Sent};
+use super::logging;
 use super::messages::{ToParser, ToWorker, MAX_PACKET_MESSAGE, MAX_PASS_MESSAGE, NEW_PARSER};
 use super::signals::{Event as Signal, SignalPipe};
 use crate::intercept::Intercept;
@@ -390,7 +391,7 @@ impl<I: Intercept> Worker<I> {
             return;
         };
         self.counters.passed_unread += 1;
-        if is_power_of_ten(self.counters.passed_unread) {
+        if logging::is_power_of_ten(self.counters.passed_unread) {
             log::warn!(
                 "packet too large for the link to the parser passed on unread \
                  (count={}); the FTP stream of its connection has a gap",
@@ -484,7 +485,7 @@ impl<I: Intercept> Worker<I> {
     fn pass_overdue(&mut self, now: Instant) {
         for held in self.held.overdue(now) {
             self.counters.passed_late += 1;
-            if is_power_of_ten(self.counters.passed_late) {
+            if logging::is_power_of_ten(self.counters.passed_late) {
                 log::error!(
                     "no answer from the parser within {HOLD_LIMIT:?}: packet passed without \
                      waiting (count={})",
@@ -500,14 +501,6 @@ impl<I: Intercept> Worker<I> {
             self.pass(held);
         }
     }
-}
-
-/// 1, 10, 100, ...: when a counted warning is logged, so it shows at once and never floods.
-fn is_power_of_ten(mut n: u64) -> bool {
-    while n >= 10 && n.is_multiple_of(10) {
-        n /= 10;
-    }
-    n == 1
 }
 
 #[cfg(test)]
@@ -815,11 +808,5 @@ mod tests {
         );
         assert_eq!(held.drain(), ["c"]);
         assert!(held.is_empty() && held.next_deadline().is_none());
-    }
-
-    #[test]
-    fn counted_warnings_are_logged_at_powers_of_ten() {
-        let logged: Vec<u64> = (1..=1000).filter(|&n| is_power_of_ten(n)).collect();
-        assert_eq!(logged, [1, 10, 100, 1000]);
     }
 }

@@ -9,7 +9,7 @@
 //! Rule builders are pure functions without a `cfg` gate so they are golden-tested on every
 //! platform; only the step that talks to the kernel or execs a tool is platform-gated.
 
-use ftp6proxy_core::FwAction;
+use ftp6proxy_core::{FwAction, HoleSpec, Slot};
 
 pub mod exec;
 pub mod ipfw;
@@ -86,6 +86,23 @@ pub trait Firewall {
     /// rules and pf anchors never expire, so the monitor closes each at its deadline.
     fn holes_expire(&self) -> bool {
         false
+    }
+
+    /// Whether [`Firewall::used`] can tell which holes their data connections used up
+    /// (nft: the sample's hole rule deletes its element on first match).
+    fn reports_use(&self) -> bool {
+        false
+    }
+
+    /// Which of `holes` (each open, its deadline still ahead) are gone from the firewall
+    /// before their deadline: used up by their data connection, so their slots can be
+    /// freed now. A backend that cannot tell returns none, and slots free at deadlines.
+    ///
+    /// # Errors
+    /// When the firewall cannot be read.
+    fn used(&mut self, holes: &[(Slot, HoleSpec)]) -> Result<Vec<Slot>, Error> {
+        let _ = holes;
+        Ok(Vec::new())
     }
 
     /// At start: deals with what a previous instance left. Holes that expire by themselves

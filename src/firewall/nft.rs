@@ -16,10 +16,14 @@
 //!
 //! Constants and layouts follow the uapi header `linux/netfilter/nf_tables.h`; the element
 //! comment uses libnftnl's udata TLV (`NFTNL_UDATA_SET_ELEM_COMMENT`), as `nft` writes it.
-//! The matching rules, as an admin types them:
+//! The matching rules, as an admin types them (the `delete` uses a hole up on its data
+//! connection's first packet; [`Firewall::used`] then finds it gone and its slot frees
+//! at once — the kernel announces such deletions to nobody, so the monitor asks):
 //! ```text
 //! nft add set inet filter ftp6proxy6 '{ type ipv6_addr . ipv6_addr . inet_service; flags timeout; }'
-//! nft add rule inet filter forward ct state new ip6 saddr . ip6 daddr . tcp dport @ftp6proxy6 accept
+//! nft add rule inet filter forward ct state new ct status confirmed accept
+//! nft add rule inet filter forward ct state new ip6 saddr . ip6 daddr . tcp dport @ftp6proxy6 \
+//!     delete @ftp6proxy6 '{ ip6 saddr . ip6 daddr . tcp dport }' accept
 //! ```
 
 use std::io;
@@ -1100,6 +1104,37 @@ impl Firewall for Nft {
             }
         }
         Ok(taken)
+    }
+
+    fn reports_use(&self) -> bool {
+        true
+    }
+
+    /// An element gone before its deadline was deleted by the rule that let its data
+    /// connection through (`... @set delete @set { ... } accept`: the element is consumed on
+    /// first match, which the kernel announces to nobody, hence this dump). With a rule
+    /// that only looks elements up, every element stays to its timeout and none is
+    /// reported.
+    fn used(&mut self, holes: &[(Slot, HoleSpec)]) -> Result<Vec<Slot>, Error> {
+        let mut used = Vec::new();
+        for family in [Family::V6, Family::V4] {
+            let mine: Vec<&(Slot, HoleSpec)> = holes
+                .iter()
+                .filter(|(_, spec)| spec.family() == family)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let set = self.cfg.set_name(family);
+            let present: std::collections::HashSet<Vec<u8>> =
+                self.list_elems(&set)?.into_iter().map(|e| e.key).collect();
+            used.extend(
+                mine.into_iter()
+                    .filter(|(_, spec)| !present.contains(&element_key(spec)))
+                    .map(|(slot, _)| *slot),
+            );
+        }
+        Ok(used)
     }
 
     fn apply(&mut self, action: &FwAction) -> Result<(), Error> {

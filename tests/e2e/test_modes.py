@@ -154,6 +154,31 @@ def test_detached_daemon_writes_locks_and_removes_its_pidfile(tmp_path):
     assert lab.wait_until(lambda: not lab.queue_bound(), 10)
 
 
+def test_used_holes_free_their_slots_at_once(tmp_path):
+    """Issue 10 item 6: the lab's hole rule consumes its element on the data connection's
+    first packet (nft `delete @set`), the monitor sees it gone and the engine frees the slot
+    at once. Four slots and a 5 s timeout then carry twelve transfers in a row, passive and
+    active; without it the fifth would be refused (table_full) until the first expired."""
+    log = open(tmp_path / "daemon.log", "a")
+    args = [a if a != "2" or i == 0 or BASE_ARGS[i - 1] != "-t" else "5"
+            for i, a in enumerate(BASE_ARGS)]
+    assert args[args.index("-t") + 1] == "5", args
+    argv = [str(lab.daemon_binary()), "-d", "-d", "-c", "4", *args]
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert lab.wait_until(lambda: proc.poll() is not None or lab.queue_bound(), 20)
+        for i in range(12):
+            family, mode = [(6, "epsv"), (4, "port"), (4, "pasv"), (6, "eprt")][i % 4]
+            r = lab.curl(family, lab.VSFTPD, "hello.txt", mode)
+            assert r.returncode == 0, f"transfer {i} ({family}/{mode}): {r.stderr[-1500:]}"
+        text = (tmp_path / "daemon.log").read_text()
+        assert "table_full" not in text, text[-3000:]
+        assert text.count("hole used") >= 8, text[-3000:]
+    finally:
+        stop(proc)
+
+
 def test_sigusr1_logs_every_process_status(tmp_path):
     """Issue 10 item 7: one SIGUSR1 to the monitor gives each process's counters: the
     monitor's (uptime, requests, restarts, the queue's drop totals), the worker's (held,

@@ -122,8 +122,11 @@ table inet filter {
         icmpv6 type { echo-request, echo-reply, destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept
         tcp dport { 21, 2121, 2122 } ct state new accept
         tcp dport $FTPS_PORT ct state new accept
-        ip6 saddr . ip6 daddr . tcp dport @ftp6proxy6 ct state new accept
-        ip saddr . ip daddr . tcp dport @ftp6proxy4 ct state new accept
+        # A hole is used up by the first packet of its data connection (its slot then
+        # frees at once); a connection let through once keeps going (a SYN sent again).
+        ct state new ct status confirmed accept
+        ip6 saddr . ip6 daddr . tcp dport @ftp6proxy6 ct state new delete @ftp6proxy6 { ip6 saddr . ip6 daddr . tcp dport } accept
+        ip saddr . ip daddr . tcp dport @ftp6proxy4 ct state new delete @ftp6proxy4 { ip saddr . ip daddr . tcp dport } accept
         counter name f6p_dropped drop
     }
 }

@@ -43,6 +43,9 @@ pub struct Counters {
     pub holes_closed: u64,
     /// Holes the firewall refused.
     pub holes_failed: u64,
+    /// Holes used up before their deadline: the firewall's rule consumed them on the data
+    /// connection's first packet, and their slots were freed at once.
+    pub holes_used: u64,
     /// Evicted connections that came back and resumed from their record.
     pub resumed: u64,
     /// Gaps: bytes of a direction the engine will never see (TCP acknowledged them, or
@@ -97,7 +100,7 @@ impl fmt::Display for Counters {
             f,
             "packets={} unparsed={} fragments={} not_ftp={} bad_checksum={} connections={} \
              evicted={} resumed={} lines={} overlong={} reorder_drops={} gaps={} rst_ignored={} \
-             malformed={} opened={} rearmed={} closed={} failed={} tls={}",
+             malformed={} opened={} rearmed={} closed={} used={} failed={} tls={}",
             self.packets,
             self.unparsed,
             self.fragments,
@@ -115,6 +118,7 @@ impl fmt::Display for Counters {
             self.holes_opened,
             self.holes_rearmed,
             self.holes_closed,
+            self.holes_used,
             self.holes_failed,
             self.tls
         )?;

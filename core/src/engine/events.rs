@@ -100,6 +100,15 @@ pub enum Event {
         /// The hole.
         spec: HoleSpec,
     },
+    /// A hole was used up by its data connection; its slot is free again.
+    HoleUsed {
+        /// Connection that announced it.
+        conn: ConnId,
+        /// Slot.
+        slot: Slot,
+        /// The hole.
+        spec: HoleSpec,
+    },
     /// The firewall refused to install a hole; the packet was passed on anyway.
     HoleFailed {
         /// Connection that announced it.
@@ -186,6 +195,7 @@ impl Event {
             Event::HoleOpen { .. }
             | Event::HoleRearm { .. }
             | Event::HoleClose { .. }
+            | Event::HoleUsed { .. }
             | Event::TlsStarted { .. }
             | Event::ClearText { .. }
             | Event::Gap { .. }
@@ -257,6 +267,9 @@ impl fmt::Display for Event {
             }
             Event::HoleClose { conn, slot, spec } => {
                 write!(f, "{conn} hole close slot={slot} {spec}")
+            }
+            Event::HoleUsed { conn, slot, spec } => {
+                write!(f, "{conn} hole used slot={slot} {spec}")
             }
             Event::HoleFailed { conn, slot, spec } => {
                 write!(f, "{conn} hole failed slot={slot} {spec}")

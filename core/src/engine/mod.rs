@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::holes::{ActionHandle, FwAction, HoleSpec, HoleTable, Opened};
+use crate::holes::{ActionHandle, FwAction, HoleSpec, HoleTable, Opened, Slot};
 use crate::limiter::{Admit, RateLimiter};
 use crate::policy::{self, Deny};
 use crate::tracker::{
@@ -589,6 +589,25 @@ impl Engine {
         }
         self.events
             .push_back(Event::HoleFailed { conn, slot, spec });
+    }
+
+    /// Input: the firewall saw the hole `spec` in `slot` used — its rule consumed the
+    /// element on the data connection's first packet (nftables `delete @set`) — so the slot
+    /// is free at once instead of at its deadline, and no close is needed. A report about
+    /// a slot that now holds another hole (it expired and was reused meanwhile) is stale
+    /// and changes nothing.
+    pub fn hole_used(&mut self, slot: Slot, spec: HoleSpec) {
+        if self.holes.get(slot) != Some(&spec) {
+            return;
+        }
+        if let Some(closed) = self.holes.forget(slot) {
+            self.counters.holes_used += 1;
+            self.events.push_back(Event::HoleUsed {
+                conn: closed.conn,
+                slot,
+                spec,
+            });
+        }
     }
 
     /// Timer input: closes holes past their deadline and forgets idle connections.
