@@ -398,9 +398,17 @@ fn used_hole_frees_its_slot_at_once() {
         "the freed slot took the next hole"
     );
     h.engine.hole_used(slot, spec);
-    assert_eq!(h.engine.counters().holes_used, 1, "the stale report freed nothing");
+    assert_eq!(
+        h.engine.counters().holes_used,
+        1,
+        "the stale report freed nothing"
+    );
     h.client("EPRT |2|2001:db8:1::10|50608|\r\n");
-    assert_eq!(h.engine.counters().denied("table_full"), 1, "the slot is still busy");
+    assert_eq!(
+        h.engine.counters().denied("table_full"),
+        1,
+        "the slot is still busy"
+    );
 }
 
 /// Invariant 6: shutdown closes every hole.
