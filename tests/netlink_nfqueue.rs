@@ -198,3 +198,56 @@ fn second_binding_of_a_queue_is_refused_clearly() {
         "{msg}"
     );
 }
+
+/// Several held packets released at once go in one datagram of verdicts; the kernel
+/// takes every one of them: each connection completes.
+#[test]
+fn held_packets_are_passed_together() {
+    let (_ns, queue) = setup();
+    let addr: SocketAddr = "[2001:db8::1]:2121".parse().unwrap();
+    let listener = TcpListener::bind(addr).unwrap();
+    let mut q = NfQueue::open(queue).unwrap();
+    let clients: Vec<_> = (0..3).map(|_| connect_in_background(addr)).collect();
+    let mut held = Vec::new();
+    while held.len() < 3 {
+        let syn = next_packet(&mut q);
+        assert_syn_to_port(&syn, 6);
+        held.push(q.hold_current());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        clients.iter().all(|c| !c.is_finished()),
+        "a held SYN went on"
+    );
+    q.pass_all(held).unwrap();
+    // Every SYN went on with that one datagram: the handshakes complete before TCP would
+    // send any SYN again (1 s), and no SYN comes back to the queue.
+    listener.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut accepted = 0;
+    while accepted < 3 {
+        while let Some(packet) = q.recv().expect("recv from nfqueue") {
+            let tcp = tcp_offset(packet.bytes);
+            assert_eq!(
+                packet.bytes[tcp + 13] & 0x12,
+                0x10,
+                "a SYN came again: a verdict was lost"
+            );
+            q.pass_current().expect("pass");
+        }
+        match listener.accept() {
+            Ok(_) => accepted += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(900),
+            "{accepted} of 3 accepted"
+        );
+    }
+    for client in clients {
+        client.join().unwrap().expect("every connect completes");
+    }
+}

@@ -428,8 +428,8 @@ impl<I: Intercept> Worker<I> {
             if let Err(e) = decoded {
                 log::error!("the parser sent a {e}");
             }
-            for held in released {
-                self.pass(held);
+            if let Err(e) = self.intercept.pass_all(released) {
+                log::error!("passing packets on: {e}");
             }
         }
     }

@@ -70,6 +70,23 @@ pub trait Intercept: AsRawFd {
     /// A socket error.
     fn pass_held(&mut self, held: Self::Held) -> io::Result<()>;
 
+    /// Passes several held packets on, in order; a backend that can say it in one
+    /// system call does (NFQUEUE: one datagram of verdicts). Every packet is tried even
+    /// when one fails; the first error is returned.
+    ///
+    /// # Errors
+    /// A socket error.
+    fn pass_all(&mut self, held: Vec<Self::Held>) -> io::Result<()> {
+        let mut first = Ok(());
+        for one in held {
+            let result = self.pass_held(one);
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+
     /// This socket's previous reader (a worker that died) may have left packets held:
     /// let them go, where the backend can name them. Divert(4) cannot (a packet it handed
     /// over is in the dead reader's memory; TCP sends it again), NFQUEUE can.
