@@ -155,6 +155,8 @@ pub struct Worker<I: Intercept> {
     held: HeldPackets<I::Held>,
     /// Messages the parser's socket would not take yet, in order, with their packets.
     to_parser: VecDeque<(u64, Vec<u8>)>,
+    /// The buffer packets are encoded into for the parser.
+    scratch: Vec<u8>,
     next_packet: u64,
     counters: Counters,
 }
@@ -179,6 +181,7 @@ impl<I: Intercept> Worker<I> {
             signals,
             held: HeldPackets::default(),
             to_parser: VecDeque::new(),
+            scratch: Vec::new(),
             next_packet: 0,
             counters: Counters::default(),
         }
@@ -328,7 +331,9 @@ impl<I: Intercept> Worker<I> {
                 return true;
             }
             let id = self.next_packet;
-            let mut message = Vec::new();
+            // One buffer for every packet: the usual case sends it at once, and only a
+            // packet the parser's socket cannot take yet is copied into the queue.
+            let mut message = std::mem::take(&mut self.scratch);
             match self.intercept.recv() {
                 Ok(Some(packet)) if self.parser.is_some() => ToParser {
                     id,
@@ -354,10 +359,32 @@ impl<I: Intercept> Worker<I> {
             self.next_packet += 1;
             let held = self.intercept.hold_current();
             self.held.hold(id, held, now);
-            self.to_parser.push_back((id, message));
-            self.flush();
+            self.send_or_queue(id, message);
         }
         true
+    }
+
+    /// Sends packet `id`'s message now if nothing is queued before it and the parser's
+    /// socket takes it; otherwise queues it (in order). The buffer is kept for reuse.
+    fn send_or_queue(&mut self, id: u64, message: Vec<u8>) {
+        if self.to_parser.is_empty() {
+            if let Some(parser) = &self.parser {
+                match send_nonblocking(parser, &message) {
+                    Sent::Yes => {
+                        self.scratch = message;
+                        return;
+                    }
+                    Sent::TooBig => {
+                        self.scratch = message;
+                        self.pass_unread(id);
+                        return;
+                    }
+                    Sent::Later | Sent::Gone => {}
+                }
+            }
+        }
+        self.to_parser.push_back((id, message.clone()));
+        self.scratch = message;
     }
 
     /// Sends queued packets to the parser until its socket would block.
