@@ -44,10 +44,6 @@ impl FirewallKind {
     }
 }
 
-/// EX_UNAVAILABLE from sysexits(3): a service is unavailable. A copy mode is accepted on
-/// the command line but not wired into the daemon yet.
-pub const EX_UNAVAILABLE: i32 = 69;
-
 /// How packets reach the daemon (`--intercept`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterceptKind {
@@ -524,20 +520,6 @@ impl Args {
     }
 }
 
-/// The one line a copy mode must refuse to start with until the daemon's processes are
-/// wired for it, or `None` for an inline mode (and for `--replay`, which reads a capture,
-/// not an intercept). A copy mode must never quietly run as an inline one.
-pub fn copy_mode_not_wired(settings: &Settings) -> Option<String> {
-    (settings.intercept.is_copy() && settings.replay.is_none()).then(|| {
-        format!(
-            "ftp6proxy: --intercept {}: copy mode is not wired into the daemon yet \
-             (issue 11); use --intercept {} for now",
-            settings.intercept.name(),
-            InterceptKind::platform_default().name()
-        )
-    })
-}
-
 /// What `main` should do after parsing.
 #[derive(Debug)]
 pub enum Parsed {
@@ -795,7 +777,6 @@ mod tests {
         let s = settings(&[]);
         assert_eq!(s.intercept, InterceptKind::platform_default());
         assert!(!s.intercept.is_copy());
-        assert_eq!(copy_mode_not_wired(&s), None);
         let native = if cfg!(target_os = "linux") {
             "nfqueue"
         } else {
@@ -853,7 +834,7 @@ mod tests {
     }
 
     #[test]
-    fn copy_modes_refuse_to_start_until_wired() {
+    fn copy_modes_are_read_as_copy_modes() {
         let copy = if cfg!(target_os = "linux") {
             "nflog"
         } else {
@@ -861,22 +842,8 @@ mod tests {
         };
         let s = settings(&["--intercept", copy]);
         assert!(s.intercept.is_copy());
-        let line = copy_mode_not_wired(&s).expect("a copy mode must not start as inline");
-        assert!(
-            line.starts_with(&format!(
-                "ftp6proxy: --intercept {copy}: copy mode is not wired"
-            )),
-            "{line}"
-        );
-        assert!(!line.contains('\n'));
-        let check = settings(&["--intercept", copy, "--check"]);
-        assert!(copy_mode_not_wired(&check).is_some(), "--check too");
-        let replay = settings(&["--intercept", copy, "--replay", "x.pcap"]);
-        assert_eq!(
-            copy_mode_not_wired(&replay),
-            None,
-            "--replay reads no intercept"
-        );
+        assert_eq!(s.intercept.name(), copy);
+        assert!(settings(&["--intercept", copy, "--check"]).check);
     }
 
     #[test]

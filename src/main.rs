@@ -1,8 +1,8 @@
 //! `ftp6proxy`: parse the command line, run the daemon, map the outcome to an exit status
-//! (0 ok, 1 failure, 64 usage, 69 a copy mode that is not wired yet — sysexits(3);
+//! (0 ok, 1 failure, 64 usage — sysexits(3);
 //! `--replay` has its own, see `replay`).
 
-use ftp6proxy::cli::{self, Foreground, Parsed, EX_UNAVAILABLE, EX_USAGE};
+use ftp6proxy::cli::{self, Foreground, Parsed, EX_USAGE};
 
 fn main() {
     let settings = match cli::parse(std::env::args_os()) {
@@ -16,10 +16,6 @@ fn main() {
             std::process::exit(EX_USAGE);
         }
     };
-    if let Some(line) = cli::copy_mode_not_wired(&settings) {
-        eprintln!("{line}");
-        std::process::exit(EX_UNAVAILABLE);
-    }
     if let Some(capture) = &settings.replay {
         std::process::exit(ftp6proxy::replay::main(capture, &settings));
     }

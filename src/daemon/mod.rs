@@ -1,4 +1,5 @@
-//! Daemon plumbing: the order in which ftp6proxy comes up, splits in three, and goes down.
+//! Daemon plumbing: the order in which ftp6proxy comes up, splits in three (two in copy
+//! mode), and goes down.
 //!
 //! Startup follows OpenBSD ftp-proxy's `main`: validate options (done in `cli`), lock the
 //! pidfile, resolve the jail or network namespace (`-j`) the sockets are made in, open and
@@ -6,7 +7,9 @@
 //! cleans up), deal with what a predecessor left, detach; then the process becomes the
 //! privileged [`monitor`], which alone talks to the firewall and starts its two children
 //! ([`spawn`]): the unprivileged [`worker`] (packet I/O) and the sandboxed [`parser`] (the
-//! engine), and starts them again when they die. Every message between the three is in
+//! engine), and starts them again when they die. In copy mode (`--intercept
+//! tee|netgraph|nflog`) the copy source is opened where the intercept would be, and the
+//! monitor's only child is the parser, which reads the copies itself. Every message between the three is in
 //! [`messages`]. Owns process-level concerns only; no packet or FTP logic.
 
 pub mod handover;
@@ -74,11 +77,21 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
             e.to_string().replace('\n', "; ")
         );
     }
-    // Binding the queue or divert port is exclusive: only the instance that gets it may
-    // clean the firewall of leftovers, never a second one started by mistake.
-    let intercept = platform::open_intercept(settings, target.as_ref())?;
-    // The kernel's drop counters for the intercept, opened where the queue lives.
-    let overflow = platform::overflow_watch(settings, target.as_ref());
+    // Binding the queue, divert port or NFLOG group is exclusive: only the instance that
+    // gets it may clean the firewall of leftovers, never a second one started by mistake.
+    // A copy source is opened here too, while the monitor still has the privilege binding
+    // needs; the sandboxed parser only reads it.
+    let packets = if settings.intercept.is_copy() {
+        spawn::Packets::Copies(platform::open_copy_source(settings, target.as_ref())?)
+    } else {
+        spawn::Packets::Inline(platform::open_intercept(settings, target.as_ref())?)
+    };
+    // The kernel's drop counters for the queue, opened where the queue lives (copy
+    // sources count their own losses: the parser's status line).
+    let overflow = match packets {
+        spawn::Packets::Inline(_) => platform::overflow_watch(settings, target.as_ref()),
+        spawn::Packets::Copies(_) => None,
+    };
     // What an earlier run left: live holes that expire by themselves are adopted (a
     // transfer announced just before a restart keeps its hole), the rest removed.
     let taken = firewall
@@ -129,7 +142,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
         settings.engine.count,
         settings.engine.ttl,
     );
-    let children = spawn::Processes::new(settings, identity, intercept, log_writer, handover);
+    let children = spawn::Processes::new(settings, identity, packets, log_writer, handover);
     let code = monitor::run(
         firewall.as_mut(),
         validator,
@@ -180,12 +193,18 @@ fn take_handover(settings: &Settings) -> anyhow::Result<Handover> {
 fn feed(settings: &Settings) -> crate::firewall::Feed {
     crate::firewall::Feed {
         queue: settings.port,
+        kind: if settings.intercept.is_copy() {
+            crate::firewall::FeedKind::Copies
+        } else {
+            crate::firewall::FeedKind::Packets
+        },
         ftp_ports: settings.engine.ftp_ports.to_vec(),
     }
 }
 
-/// `--check`: the sets, the intercept socket, the rules that feed it and use the holes,
-/// and the `-u` user, each checked and every missing piece named; exit 1 if any is.
+/// `--check`: the sets, the intercept socket or copy source (bound, then released), the
+/// rules that feed it and use the holes, and the `-u` user, each checked and every missing
+/// piece named; exit 1 if any is.
 fn check_only(
     settings: &Settings,
     target: Option<&crate::jail::Target>,
@@ -195,8 +214,27 @@ fn check_only(
     if let Err(e) = firewall.check() {
         missing.push(format!("firewall: {e}"));
     }
-    match platform::open_intercept(settings, target) {
-        Ok(intercept) => drop(intercept),
+    let opened = if settings.intercept.is_copy() {
+        platform::open_copy_source(settings, target).map(|copies| {
+            drop(copies);
+            format!(
+                "copy source: {} {} can be bound",
+                settings.intercept.name(),
+                settings.port
+            )
+        })
+    } else {
+        platform::open_intercept(settings, target).map(|intercept| {
+            drop(intercept);
+            format!(
+                "intercept: {} {} can be bound",
+                settings.intercept.name(),
+                settings.port
+            )
+        })
+    };
+    match opened {
+        Ok(line) => println!("ftp6proxy: {line}"),
         Err(e) => missing.push(format!("{e:#}")),
     }
     match firewall.check_ruleset(&feed(settings)) {
@@ -237,7 +275,7 @@ pub fn describe(settings: &Settings) -> String {
         e.base,
         u32::from(e.base) + u32::from(e.count) - 1,
         e.ttl.as_secs(),
-        platform::intercept_name(),
+        settings.intercept.name(),
         settings.port,
         ports.join(","),
         settings

@@ -3,11 +3,12 @@
 //! directly, and log through).
 //!
 //! Owns the firewall backend, the [`Validator`], and the lives of the worker and the
-//! parser. The parser sends it hole requests on its own link; the monitor decodes each
-//! (`messages`), re-checks it, applies it and answers. When the parser dies, the monitor
-//! starts a new one and hands the worker its link; when the worker dies, it starts both
-//! again on the same intercept socket; five deaths within a minute are a crash loop and end
-//! the daemon. At a stop it has the parser hand its state over, lets the worker pass what
+//! parser (in copy mode: of the parser alone, which reads the copies itself). The parser
+//! sends it hole requests on its own link; the monitor decodes each (`messages`),
+//! re-checks it, applies it and answers. When the parser dies, the monitor starts a new
+//! one and hands the worker its link (copy mode: the new parser reads the copy source the
+//! monitor keeps); when the worker dies, it starts both again on the same intercept
+//! socket; five deaths within a minute are a crash loop and end the daemon. At a stop it has the parser hand its state over, lets the worker pass what
 //! it holds, and leaves no hole behind past its deadline (DESIGN.md invariant 6). It parses
 //! no packets and runs no FTP logic. It is the one process that writes the log: the
 //! children's lines arrive on the log link (see `logging`).
@@ -120,7 +121,7 @@ pub fn run<S: Spawn>(
         counters: Counters::default(),
     };
     if let Err(e) = monitor.start_both() {
-        log::error!("starting the worker and the parser: {e:#}");
+        log::error!("starting the children: {e:#}");
         monitor.stop_children();
         monitor.spawn.release_intercept();
         clean_up(monitor.firewall, &mut monitor.validator, &log);
@@ -227,10 +228,12 @@ pub fn run<S: Spawn>(
             monitor.reclaim_used(now);
         }
         let parser_alive = monitor.serve_parser();
-        let worker_alive = monitor.worker_alive();
+        // Copy mode has no worker: only the parser can die.
+        let worker_alive = !monitor.spawn.has_worker() || monitor.worker_alive();
         if let Some(since) = terminating {
             let parser_done = monitor.parser.as_ref().is_none_or(|p| p.closed) || !parser_alive;
-            if (!worker_alive && parser_done) || since.elapsed() > STOP_GRACE {
+            let worker_done = !monitor.spawn.has_worker() || !worker_alive;
+            if (worker_done && parser_done) || since.elapsed() > STOP_GRACE {
                 break;
             }
             continue;
@@ -256,15 +259,19 @@ pub fn run<S: Spawn>(
 }
 
 impl<S: Spawn> Monitor<'_, S> {
-    /// Starts a worker and a parser joined by a fresh link.
+    /// Starts a worker and a parser joined by a fresh link; in copy mode, the parser alone.
     fn start_both(&mut self) -> anyhow::Result<()> {
+        if !self.spawn.has_worker() {
+            self.parser = Some(self.new_parser_child(None)?);
+            return Ok(());
+        }
         let (worker_end, parser_end) = link::seqpacket_pair()?;
         self.worker = Some(self.spawn.worker(worker_end)?);
-        self.parser = Some(self.new_parser_child(parser_end)?);
+        self.parser = Some(self.new_parser_child(Some(parser_end))?);
         Ok(())
     }
 
-    fn new_parser_child(&mut self, worker_link: OwnedFd) -> anyhow::Result<ParserChild> {
+    fn new_parser_child(&mut self, worker_link: Option<OwnedFd>) -> anyhow::Result<ParserChild> {
         let child = self.spawn.parser(worker_link)?;
         link::set_nonblocking(&child.link)?;
         Ok(ParserChild {
@@ -293,17 +300,22 @@ impl<S: Spawn> Monitor<'_, S> {
         Ok(self.restarts.len())
     }
 
-    /// The parser died: a new one, whose link the worker gets from us.
+    /// The parser died: a new one, whose link the worker gets from us (copy mode: which
+    /// reads the copy source we keep; copies made meanwhile wait in its socket buffer).
     fn restart_parser(&mut self, now: Instant) -> anyhow::Result<()> {
         let status = self.parser.take().map(|p| reap(p.child.pid));
         let restarts = self.count_restart(now)?;
         self.counters.parser_restarts += 1;
-        let (worker_end, parser_end) = link::seqpacket_pair()?;
-        let parser = self.new_parser_child(parser_end)?;
-        let worker = self.worker.as_ref().map(|w| &w.link);
-        if let Some(worker) = worker {
-            link::send_with_fd(worker, &[NEW_PARSER], &worker_end)?;
-        }
+        let parser = if self.spawn.has_worker() {
+            let (worker_end, parser_end) = link::seqpacket_pair()?;
+            let parser = self.new_parser_child(Some(parser_end))?;
+            if let Some(worker) = self.worker.as_ref().map(|w| &w.link) {
+                link::send_with_fd(worker, &[NEW_PARSER], &worker_end)?;
+            }
+            parser
+        } else {
+            self.new_parser_child(None)?
+        };
         self.parser = Some(parser);
         log::warn!(
             "parser died ({}); started a new one ({restarts} restarts in the last {}s): \
@@ -409,7 +421,8 @@ impl<S: Spawn> Monitor<'_, S> {
     /// SIGTERM. The worker stops reading packets, sends the parser what it has read and
     /// then ends its stream; the parser reads every packet to the end, waits for the
     /// answers to its hole requests (so each packet it releases has its hole), hands its
-    /// state over and exits; the worker passes what was released, and exits.
+    /// state over and exits; the worker passes what was released, and exits. In copy mode
+    /// the parser reads the copies waiting, waits for its answers, hands over and exits.
     fn begin_stop(&mut self) {
         if let Some(parser) = self.parser.as_mut() {
             parser.outbox.push_back(FromMonitor::Shutdown.encode());

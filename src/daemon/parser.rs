@@ -3,10 +3,13 @@
 //! new privileges and a seccomp allowlist), holding nothing but its links.
 //!
 //! Owns the [`Engine`], the hole requests it has sent the monitor and not had answered,
-//! and the packets waiting for those answers. Its two links (OpenSSH's shape: the
-//! sandboxed child talks to the privileged monitor directly):
-//! - from the worker it gets each packet's bytes, and tells it which packets may go on —
-//!   a packet goes on once it is read and every hole it announced is confirmed;
+//! and the packets waiting for those answers. Its links (OpenSSH's shape: the sandboxed
+//! child talks to the privileged monitor directly):
+//! - inline mode ([`run`]): from the worker it gets each packet's bytes, and tells it which
+//!   packets may go on — a packet goes on once it is read and every hole it announced is
+//!   confirmed;
+//! - copy mode ([`run_copies`]): no worker; it reads the copies itself from a read-only
+//!   [`CopySource`] (the kernel passed the packets on already, so nothing waits for it);
 //! - to the monitor it sends hole requests (for packets, and for timers) and gets the
 //!   answers, and the monitor's orders (status, shutdown).
 //!
@@ -26,9 +29,13 @@ use nix::sys::socket::{recv, send, MsgFlags};
 use super::messages::{
     FromMonitor, Request, ToMonitor, ToParser, ToWorker, MAX_FROM_MONITOR, MAX_PACKET_MESSAGE,
 };
+use crate::intercept::CopySource;
 
 /// How long a shutdown waits for the answers to hole requests in flight.
 const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Copies read per turn before the monitor's answers get a look in (copy mode).
+const COPY_BATCH: usize = 256;
 
 /// The parser's sockets.
 #[derive(Debug)]
@@ -58,7 +65,10 @@ pub enum Exit {
 
 struct Parser {
     engine: Engine,
-    links: Links,
+    /// Requests out, answers and orders in.
+    monitor: OwnedFd,
+    /// Packets in, passes out (inline mode); `None` in copy mode.
+    worker: Option<OwnedFd>,
     pending: HashMap<u32, Pending>,
     /// Per packet still held: how many of its requests are unanswered.
     waiting: HashMap<u64, usize>,
@@ -98,7 +108,7 @@ impl Parser {
             *self.waiting.entry(packet).or_default() += 1;
         }
         tell(
-            &self.links.monitor,
+            &self.monitor,
             &ToMonitor::Request(Request { id, action }).encode(),
         )
     }
@@ -142,13 +152,17 @@ impl Parser {
         }
     }
 
-    /// Tells the worker which packets may go on.
+    /// Tells the worker which packets may go on (copy mode: none ever waits).
     fn flush_passes(&mut self) -> nix::Result<()> {
+        let Some(worker) = &self.worker else {
+            self.passes.clear();
+            return Ok(());
+        };
         if self.passes.is_empty() {
             return Ok(());
         }
         for datagram in ToWorker::encode_all(&self.passes) {
-            tell(&self.links.worker, &datagram)?;
+            tell(worker, &datagram)?;
         }
         self.passes.clear();
         Ok(())
@@ -169,14 +183,14 @@ impl Parser {
             if self.pending.is_empty() || left.is_zero() {
                 return Ok(());
             }
-            let mut fds = [PollFd::new(self.links.monitor.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(self.monitor.as_fd(), PollFlags::POLLIN)];
             let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
             match poll(&mut fds, PollTimeout::from(ms)) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
             loop {
-                let n = match read(&self.links.monitor, buf)? {
+                let n = match read(&self.monitor, buf)? {
                     Read::Message(n) => n,
                     Read::Empty => break,
                     Read::Gone => return Ok(()),
@@ -193,13 +207,13 @@ impl Parser {
     /// monitor is about to replace this parser too. Returns whether the order came.
     fn await_stop(&mut self, buf: &mut [u8]) -> nix::Result<bool> {
         loop {
-            let mut fds = [PollFd::new(self.links.monitor.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(self.monitor.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
             loop {
-                let n = match read(&self.links.monitor, buf)? {
+                let n = match read(&self.monitor, buf)? {
                     Read::Message(n) => n,
                     Read::Empty => break,
                     Read::Gone => return Ok(false),
@@ -255,9 +269,11 @@ fn read(link: &OwnedFd, buf: &mut [u8]) -> nix::Result<Read> {
 /// # Errors
 /// When a link fails other than by its peer closing it.
 pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) -> nix::Result<Exit> {
+    let Links { worker, monitor } = links;
     let mut parser = Parser {
         engine,
-        links,
+        monitor,
+        worker: Some(worker),
         pending: HashMap::new(),
         waiting: HashMap::new(),
         passes: Vec::new(),
@@ -283,7 +299,7 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
             if let Some(mut file) = handover.take() {
                 hand_over(&parser.engine, &mut file);
             }
-            tell(&parser.links.monitor, &ToMonitor::Closed.encode())?;
+            tell(&parser.monitor, &ToMonitor::Closed.encode())?;
             return Ok(Exit::Shutdown);
         }
         let timeout = parser
@@ -296,9 +312,12 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
                 let ms = left.as_millis().saturating_add(1).min(u128::from(u16::MAX));
                 PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
             });
+        let Some(worker) = &parser.worker else {
+            unreachable!("inline mode has a worker link");
+        };
         let mut fds = [
-            PollFd::new(parser.links.worker.as_fd(), PollFlags::POLLIN),
-            PollFd::new(parser.links.monitor.as_fd(), PollFlags::POLLIN),
+            PollFd::new(worker.as_fd(), PollFlags::POLLIN),
+            PollFd::new(parser.monitor.as_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -308,7 +327,7 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
         let now = Instant::now();
         // Answers first: they release packets already waiting.
         loop {
-            let n = match read(&parser.links.monitor, &mut monitor_buf)? {
+            let n = match read(&parser.monitor, &mut monitor_buf)? {
                 Read::Message(n) => n,
                 Read::Empty => break,
                 Read::Gone => return Ok(Exit::PeerGone),
@@ -327,8 +346,8 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
                 Err(e) => log::error!("the monitor sent a {e}"),
             }
         }
-        loop {
-            let n = match read(&parser.links.worker, &mut packet_buf)? {
+        while let Some(worker) = &parser.worker {
+            let n = match read(worker, &mut packet_buf)? {
                 Read::Message(n) => n,
                 Read::Empty => break,
                 Read::Gone => {
@@ -352,6 +371,175 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
                 return Err(e);
             }
             parser.passes.clear();
+        }
+        parser.drain_events();
+    }
+}
+
+/// What the copy loop counts besides the engine (on the status line).
+#[derive(Debug, Default)]
+struct CopyCounters {
+    /// Copies read.
+    copies: u64,
+    /// Read errors of the copy source (other than "nothing waiting").
+    read_errors: u64,
+    /// The source's lost count when it was last logged.
+    lost_logged: u64,
+}
+
+/// Reads up to [`COPY_BATCH`] copies and gives each to the engine at once, sending the
+/// monitor each hole request the copy causes before the next copy is read: the packet has
+/// gone on already, so the hole must follow it as fast as it can (DESIGN.md invariant 2,
+/// copy modes). Returns whether more may be waiting.
+fn read_copies(
+    parser: &mut Parser,
+    copies: &mut dyn CopySource,
+    counters: &mut CopyCounters,
+) -> nix::Result<bool> {
+    for _ in 0..COPY_BATCH {
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let outcome = match copies.recv() {
+            Ok(Some(copy)) => parser
+                .engine
+                .on_packet_with_checksum(now, copy.bytes, copy.checksum),
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                counters.read_errors += 1;
+                if is_power_of_ten(counters.read_errors) {
+                    log::error!(
+                        "reading copies: {e} (count={}); the engine recovers from the gap",
+                        counters.read_errors
+                    );
+                }
+                return Ok(false);
+            }
+        };
+        counters.copies += 1;
+        for action in outcome.actions {
+            parser.submit(action, None)?;
+        }
+    }
+    Ok(true)
+}
+
+/// 1, 10, 100, ...: when a counted warning is logged, so it shows at once and never floods.
+fn is_power_of_ten(mut n: u64) -> bool {
+    while n >= 10 && n.is_multiple_of(10) {
+        n /= 10;
+    }
+    n == 1
+}
+
+/// The copy-mode parser's status line: the engine's, and what the copy source counts.
+fn copy_status(engine: &Engine, copies: &dyn CopySource, counters: &CopyCounters) -> String {
+    format!(
+        "{} copies={} copies_lost={} copy_read_errors={}",
+        engine.status(),
+        counters.copies,
+        copies.lost(),
+        counters.read_errors
+    )
+}
+
+/// Copy mode: runs the parser on a read-only copy source until the monitor orders a
+/// shutdown or goes away. There is no worker and no packet to release: each copy goes to
+/// the engine the moment it is read, its hole requests to the monitor right after, and the
+/// answers only tell the engine whether the holes are open. At a shutdown the copies
+/// already waiting are read, the answers in flight awaited (at most [`FINISH_WAIT`]) and
+/// the engine's connections written to `handover`.
+///
+/// # Errors
+/// When the monitor's link fails other than by the monitor closing it.
+pub fn run_copies(
+    engine: Engine,
+    monitor: OwnedFd,
+    copies: &mut dyn CopySource,
+    mut handover: Option<std::fs::File>,
+) -> nix::Result<Exit> {
+    let mut parser = Parser {
+        engine,
+        monitor,
+        worker: None,
+        pending: HashMap::new(),
+        waiting: HashMap::new(),
+        passes: Vec::new(),
+        next_request: 0,
+    };
+    let mut monitor_buf = [0u8; MAX_FROM_MONITOR + 1];
+    let mut counters = CopyCounters::default();
+    let mut more = true;
+    loop {
+        let timeout = if more {
+            PollTimeout::ZERO
+        } else {
+            parser
+                .engine
+                .poll_timeout()
+                .map_or(PollTimeout::NONE, |at| {
+                    #[allow(clippy::disallowed_methods)]
+                    let left = at.saturating_duration_since(Instant::now());
+                    let ms = left.as_millis().saturating_add(1).min(u128::from(u16::MAX));
+                    PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
+                })
+        };
+        {
+            // SAFETY: the copy source outlives this poll call.
+            let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(copies.as_raw_fd()) };
+            let mut fds = [
+                PollFd::new(source, PollFlags::POLLIN),
+                PollFd::new(parser.monitor.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Copies first: the engine's reaction to a copy is the first thing done with it.
+        more = read_copies(&mut parser, copies, &mut counters)?;
+        let mut stopping = false;
+        loop {
+            let n = match read(&parser.monitor, &mut monitor_buf)? {
+                Read::Message(n) => n,
+                Read::Empty => break,
+                Read::Gone => return Ok(Exit::PeerGone),
+            };
+            match FromMonitor::decode(&monitor_buf[..n]) {
+                Ok(FromMonitor::Response { id, ok }) => parser.answer(id, ok),
+                Ok(FromMonitor::Status) => {
+                    log::info!("{}", copy_status(&parser.engine, copies, &counters));
+                }
+                Ok(FromMonitor::Shutdown) => stopping = true,
+                Err(e) => log::error!("the monitor sent a {e}"),
+            }
+        }
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        if parser.engine.poll_timeout().is_some_and(|at| at <= now) {
+            for action in parser.engine.tick(now) {
+                parser.submit(action, None)?;
+            }
+        }
+        let lost = copies.lost();
+        if lost > counters.lost_logged {
+            counters.lost_logged = lost;
+            log::warn!(
+                "{lost} copies lost so far (the copy source's socket buffer overflowed, or its \
+                 sequence numbers jumped); the engine recovers from the gaps, but holes \
+                 announced in them are missed"
+            );
+        }
+        if stopping {
+            // The copies made before the order: read them, so the hand-over includes them.
+            while read_copies(&mut parser, copies, &mut counters)? {}
+            parser.finish_pending(&mut monitor_buf)?;
+            log::info!("terminating with {} holes open", parser.engine.open_holes());
+            parser.drain_events();
+            if let Some(mut file) = handover.take() {
+                hand_over(&parser.engine, &mut file);
+            }
+            tell(&parser.monitor, &ToMonitor::Closed.encode())?;
+            return Ok(Exit::Shutdown);
         }
         parser.drain_events();
     }
@@ -509,6 +697,139 @@ mod tests {
         );
         assert_eq!(passes(&ends), [2]);
         drop(ends);
+        assert_eq!(thread.join().unwrap(), Ok(Exit::PeerGone));
+    }
+
+    /// A copy source the test feeds: each datagram sent on the test's end is one copy;
+    /// `lost` is what the source reports as lost.
+    struct Fed {
+        sock: std::os::unix::net::UnixDatagram,
+        buf: Vec<u8>,
+        lost: u64,
+    }
+
+    impl AsRawFd for Fed {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.sock.as_raw_fd()
+        }
+    }
+
+    impl CopySource for Fed {
+        fn recv(&mut self) -> std::io::Result<Option<crate::intercept::PacketCopy<'_>>> {
+            match self.sock.recv(&mut self.buf) {
+                Ok(n) => Ok(Some(crate::intercept::PacketCopy {
+                    bytes: &self.buf[..n],
+                    checksum: Checksum::Verify,
+                    meta: crate::intercept::CopyMeta::default(),
+                })),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+
+        fn lost(&self) -> u64 {
+            self.lost
+        }
+    }
+
+    /// Copy mode, with the test as the kernel (copies) and the monitor: every copy is read
+    /// at once (nothing is held, no answer awaited before the next one), an announcement's
+    /// hole is requested the moment its copy is read, the status line carries the copy
+    /// counts, and a shutdown hands the connection over.
+    #[test]
+    fn copies_are_read_at_once_and_their_holes_requested() {
+        let (kernel, ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (monitor, parser_monitor) = crate::daemon::link::seqpacket_pair().unwrap();
+        let path = std::env::temp_dir().join(format!("f6p-copies-{}.state", std::process::id()));
+        let handover = crate::daemon::handover::create(&path).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut fed = Fed {
+                sock: ours,
+                buf: vec![0; 65_536],
+                lost: 3,
+            };
+            run_copies(
+                Engine::new(Config::default()),
+                parser_monitor,
+                &mut fed,
+                Some(handover),
+            )
+        });
+        let ends = Ends {
+            worker: kernel.try_clone().map(OwnedFd::from).unwrap(),
+            monitor,
+        };
+        // The whole conversation, the EPRT among it, before the monitor answers anything.
+        for packet in conversation() {
+            kernel.send(&packet).unwrap();
+        }
+        let ToMonitor::Request(request) = next_request(&ends) else {
+            panic!("a request")
+        };
+        assert!(
+            matches!(request.action, FwAction::Open { .. }),
+            "{request:?}"
+        );
+        order(
+            &ends,
+            FromMonitor::Response {
+                id: request.id,
+                ok: true,
+            },
+        );
+        order(&ends, FromMonitor::Shutdown);
+        assert_eq!(next_request(&ends), ToMonitor::Closed);
+        assert_eq!(thread.join().unwrap(), Ok(Exit::Shutdown));
+        let state = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let mut next = Engine::new(Config::default());
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        assert_eq!(next.import_state(now, &state), Ok(1), "handed over");
+    }
+
+    #[test]
+    fn copy_status_line_names_what_the_source_counts() {
+        let (_kernel, ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fed = Fed {
+            sock: ours,
+            buf: Vec::new(),
+            lost: 7,
+        };
+        let counters = CopyCounters {
+            copies: 12,
+            read_errors: 1,
+            lost_logged: 0,
+        };
+        let line = copy_status(&Engine::new(Config::default()), &fed, &counters);
+        assert!(line.starts_with("status connections="), "{line}");
+        assert!(
+            line.ends_with(" copies=12 copies_lost=7 copy_read_errors=1"),
+            "{line}"
+        );
+    }
+
+    /// The monitor going away ends the copy loop (the monitor, if alive, starts another).
+    #[test]
+    fn copy_loop_ends_when_the_monitor_goes() {
+        let (_kernel, ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (monitor, parser_monitor) = crate::daemon::link::seqpacket_pair().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut fed = Fed {
+                sock: ours,
+                buf: vec![0; 2048],
+                lost: 0,
+            };
+            run_copies(
+                Engine::new(Config::default()),
+                parser_monitor,
+                &mut fed,
+                None,
+            )
+        });
+        drop(monitor);
         assert_eq!(thread.join().unwrap(), Ok(Exit::PeerGone));
     }
 

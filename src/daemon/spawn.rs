@@ -1,13 +1,16 @@
-//! Starting the monitor's children — the worker and the parser — at startup and again
-//! when one dies: fork, then in the child keep only its own descriptors, log through the
-//! monitor, set its signals, drop privileges (and, for the parser, enter the sandbox),
-//! and run; a child never returns into the monitor's code.
+//! Starting the monitor's children at startup and again when one dies: fork, then in the
+//! child keep only its own descriptors, log through the monitor, set its signals, drop
+//! privileges (and, for the parser, enter the sandbox), and run; a child never returns
+//! into the monitor's code. Inline mode has two children, the worker and the parser; copy
+//! mode has one, a parser that reads the copies itself (there is nothing to pass on, so
+//! there is no worker).
 //!
 //! Owns what a child is made from: the settings, the identity to drop to, the monitor's
-//! copy of the intercept socket (kept so that a new worker reads the same bound queue or
-//! divert port: nothing is rebound, nothing is lost to another process meanwhile), the
-//! log link's writing end, and the hand-over of the previous instance (for the first
-//! parser only). Decides nothing about when to start a child: that is the monitor's.
+//! copy of the intercept socket or copy source (kept so that a new worker or copy-mode
+//! parser reads the same bound queue, divert port or NFLOG group: nothing is rebound,
+//! nothing is lost to another process meanwhile), the log link's writing end, and the
+//! hand-over of the previous instance (for the first parser only). Decides nothing about
+//! when to start a child: that is the monitor's.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
@@ -19,7 +22,7 @@ use super::messages::Process;
 use super::signals::{self, SignalPipe};
 use super::{logging, parser, platform, privdrop, worker};
 use crate::cli::{Foreground, Settings};
-use crate::intercept::Intercept;
+use crate::intercept::{CopySource, Intercept};
 
 /// A started child: its pid and the monitor's end of its link.
 #[derive(Debug)]
@@ -33,11 +36,16 @@ pub struct Child {
 /// How the monitor starts its children (a trait, so the monitor's loop can be tested with
 /// children of the test's making).
 pub trait Spawn {
-    /// Starts a parser that reads packets from the worker on `worker_link`.
+    /// Whether packets come through a worker (inline mode). Without one (copy mode) the
+    /// parser reads the copies itself and [`Spawn::worker`] is never called.
+    fn has_worker(&self) -> bool;
+
+    /// Starts a parser that reads packets from the worker on `worker_link` (inline mode),
+    /// or from the copy source (copy mode: `None`).
     ///
     /// # Errors
     /// When the link or the fork fails.
-    fn parser(&mut self, worker_link: OwnedFd) -> anyhow::Result<Child>;
+    fn parser(&mut self, worker_link: Option<OwnedFd>) -> anyhow::Result<Child>;
 
     /// Starts a worker that sends packets to the parser on `parser_link`.
     ///
@@ -45,9 +53,10 @@ pub trait Spawn {
     /// When the link or the fork fails, or the intercept was released.
     fn worker(&mut self, parser_link: OwnedFd) -> anyhow::Result<Child>;
 
-    /// Gives up the monitor's copy of the intercept, so that the queue or divert port is
-    /// released the moment the last worker is gone (at shutdown, before holes are closed
-    /// at their deadlines: nothing must sit unread in a queue meanwhile).
+    /// Gives up the monitor's copy of the intercept or copy source, so that the queue,
+    /// divert port or NFLOG group is released the moment the last child reading it is gone
+    /// (at shutdown, before holes are closed at their deadlines: nothing must sit unread in
+    /// a queue meanwhile).
     fn release_intercept(&mut self);
 }
 
@@ -61,11 +70,22 @@ pub struct Handover {
     pub out: Option<std::fs::File>,
 }
 
+/// Where packets come from: the packets themselves (inline) or copies of them.
+pub enum Packets {
+    /// The intercept a worker reads and passes packets on from (divert, NFQUEUE).
+    Inline(platform::PlatformIntercept),
+    /// The read-only copy source the parser reads itself (tee, ngtee, NFLOG).
+    Copies(platform::PlatformCopy),
+}
+
 /// The daemon's children, as it runs them.
 pub struct Processes<'a> {
     settings: &'a Settings,
     identity: privdrop::Identity,
-    intercept: Option<platform::PlatformIntercept>,
+    /// `None` once released.
+    packets: Option<Packets>,
+    /// Copy mode: no worker, the parser reads the copy source.
+    copy_mode: bool,
     log_writer: OwnedFd,
     handover: Handover,
     /// Workers started so far: every one after the first takes over a queue whose
@@ -74,19 +94,20 @@ pub struct Processes<'a> {
 }
 
 impl<'a> Processes<'a> {
-    /// Children made from `settings`, dropping to `identity`, reading `intercept`, logging
+    /// Children made from `settings`, dropping to `identity`, reading `packets`, logging
     /// on `log_writer`; the first parser takes `handover`.
     pub fn new(
         settings: &'a Settings,
         identity: privdrop::Identity,
-        intercept: platform::PlatformIntercept,
+        packets: Packets,
         log_writer: OwnedFd,
         handover: Handover,
     ) -> Self {
         Processes {
             settings,
             identity,
-            intercept: Some(intercept),
+            copy_mode: matches!(packets, Packets::Copies(_)),
+            packets: Some(packets),
             log_writer,
             handover,
             workers: 0,
@@ -107,11 +128,26 @@ impl<'a> Processes<'a> {
         close_all_but(&kept).context("close the monitor's descriptors")
     }
 
-    fn run_parser(&mut self, worker_link: OwnedFd, monitor_link: OwnedFd) -> anyhow::Result<()> {
+    fn run_parser(
+        &mut self,
+        worker_link: Option<OwnedFd>,
+        monitor_link: OwnedFd,
+    ) -> anyhow::Result<()> {
         let handover = std::mem::take(&mut self.handover);
         let out_fd = handover.out.as_ref().map(AsRawFd::as_raw_fd);
-        let keep: Vec<RawFd> = [worker_link.as_raw_fd(), monitor_link.as_raw_fd()]
+        // Copy mode: this child's copy of the monitor's copy source (the monitor keeps its
+        // own, so the group or port stays bound while parsers come and go).
+        let mut copies = match &worker_link {
+            Some(_) => None,
+            None => match self.packets.take() {
+                Some(Packets::Copies(copies)) => Some(copies),
+                _ => anyhow::bail!("copy mode without a copy source (it was released)"),
+            },
+        };
+        let keep: Vec<RawFd> = [monitor_link.as_raw_fd()]
             .into_iter()
+            .chain(worker_link.as_ref().map(AsRawFd::as_raw_fd))
+            .chain(copies.as_ref().map(AsRawFd::as_raw_fd))
             .chain(out_fd)
             .collect();
         self.become_child(Process::Parser, &keep)?;
@@ -139,19 +175,28 @@ impl<'a> Processes<'a> {
                 ),
             }
         }
-        let links = parser::Links {
-            worker: worker_link,
-            monitor: monitor_link,
-        };
-        parser::run(engine, links, handover.out).context("links of the parser")?;
+        match (worker_link, copies.as_mut()) {
+            (Some(worker), _) => {
+                let links = parser::Links {
+                    worker,
+                    monitor: monitor_link,
+                };
+                parser::run(engine, links, handover.out).context("links of the parser")?;
+            }
+            (None, Some(copies)) => {
+                let copies: &mut dyn CopySource = copies;
+                parser::run_copies(engine, monitor_link, copies, handover.out)
+                    .context("the copy-mode parser")?;
+            }
+            (None, None) => unreachable!("checked above"),
+        }
         Ok(())
     }
 
     fn run_worker(&mut self, parser_link: OwnedFd, monitor_link: OwnedFd) -> anyhow::Result<i32> {
-        let mut intercept = self
-            .intercept
-            .take()
-            .context("the intercept was released")?;
+        let Some(Packets::Inline(mut intercept)) = self.packets.take() else {
+            anyhow::bail!("no intercept for a worker (released, or copy mode)");
+        };
         let keep = [
             intercept.as_raw_fd(),
             parser_link.as_raw_fd(),
@@ -184,7 +229,14 @@ impl<'a> Processes<'a> {
 }
 
 impl Spawn for Processes<'_> {
-    fn parser(&mut self, worker_link: OwnedFd) -> anyhow::Result<Child> {
+    fn has_worker(&self) -> bool {
+        !self.copy_mode
+    }
+
+    fn parser(&mut self, worker_link: Option<OwnedFd>) -> anyhow::Result<Child> {
+        if worker_link.is_none() && self.packets.is_none() {
+            anyhow::bail!("the copy source was released");
+        }
         let (monitor_end, parser_end) =
             super::link::seqpacket_pair().context("socketpair for the parser")?;
         // SAFETY: the monitor is single-threaded; the child only runs its own code and
@@ -213,8 +265,8 @@ impl Spawn for Processes<'_> {
     }
 
     fn worker(&mut self, parser_link: OwnedFd) -> anyhow::Result<Child> {
-        if self.intercept.is_none() {
-            anyhow::bail!("the intercept was released");
+        if !matches!(self.packets, Some(Packets::Inline(_))) {
+            anyhow::bail!("no intercept for a worker (released, or copy mode)");
         }
         let (monitor_end, worker_end) =
             super::link::seqpacket_pair().context("socketpair for the worker")?;
@@ -241,7 +293,7 @@ impl Spawn for Processes<'_> {
     }
 
     fn release_intercept(&mut self) {
-        self.intercept = None;
+        self.packets = None;
     }
 }
 

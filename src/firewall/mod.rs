@@ -124,11 +124,22 @@ pub trait Firewall {
     }
 }
 
+/// Whether the ruleset must hand over the packets or copies of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedKind {
+    /// Inline: the packets themselves (NFQUEUE; divert).
+    Packets,
+    /// Copy mode: copies (NFLOG; ipfw tee/ngtee).
+    Copies,
+}
+
 /// What the intercept needs the ruleset to send it, for [`Firewall::check_ruleset`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feed {
-    /// The NFQUEUE number or divert port (`-p`).
+    /// The NFQUEUE number, NFLOG group, divert port or ngtee cookie (`-p`).
     pub queue: u16,
+    /// Packets or copies.
+    pub kind: FeedKind,
     /// The FTP control ports (`--ftp-ports`).
     pub ftp_ports: Vec<u16>,
 }

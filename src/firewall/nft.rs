@@ -1021,12 +1021,13 @@ impl Firewall for Nft {
     }
 
     /// Reads the whole ruleset over netlink (`nft_ruleset`): a rule must feed NFQUEUE `-p`
-    /// for both directions of every FTP port, and a rule in our table must accept new
+    /// (copy mode: NFLOG group `-p`) for both directions of every FTP port, and a rule in our table must accept new
     /// connections found in each hole set.
     fn check_ruleset(&mut self, feed: &Feed) -> Result<Vec<String>, Error> {
         let (chains, rules, anon) = self.read_ruleset()?;
         let needs = Needs {
             queue: feed.queue,
+            kind: feed.kind,
             ftp_ports: feed.ftp_ports.clone(),
             table_family: self.cfg.family_id,
             table: self.cfg.table.clone(),

@@ -2,7 +2,9 @@
 //! rules and anonymous sets that nf_tables lists over netlink and answers three questions:
 //! does some rule feed NFQUEUE `-p` with the FTP control packets of both directions (nft
 //! `queue` expressions, or the xtables `NFQUEUE` target that iptables-nft stores as a
-//! `target` expression), and does some rule accept new connections found in our hole sets?
+//! `target` expression) — in copy mode, NFLOG group `-p` (nft `log group N`, or the
+//! xtables `NFLOG` target) — and does some rule accept new connections found in our hole
+//! sets?
 //!
 //! Owns the parsing of `NFT_MSG_NEWCHAIN`/`NEWRULE`/`NEWSETELEM` dump messages into
 //! [`Chain`]/[`Rule`] and the analysis ([`analyse`]); the socket round trips are
@@ -16,11 +18,15 @@
 //! invisible here; the report says so when it finds no queue rule.
 //!
 //! Layouts: uapi `linux/netfilter/nf_tables.h` (attributes, registers, verdicts),
-//! `linux/netfilter/xt_NFQUEUE.h`, `xt_multiport.h`, `xt_tcpudp.h` (xtables payloads, in
-//! host byte order, inside `NFTA_TARGET_INFO`/`NFTA_MATCH_INFO`).
+//! `linux/netfilter/xt_NFQUEUE.h`, `xt_NFLOG.h`, `xt_multiport.h`, `xt_tcpudp.h` (xtables
+//! payloads, in host byte order, inside `NFTA_TARGET_INFO`/`NFTA_MATCH_INFO`). nft's `log`
+//! puts its group as a big-endian u16 (`nft_log_dump` in net/netfilter/nft_log.c:
+//! `nla_put_be16(skb, NFTA_LOG_GROUP, ...)`) and only when the rule names a group; a `log`
+//! without one writes to the kernel log and feeds no group.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::FeedKind;
 use crate::netlink::{
     self, attrs, nfnl_type, split_nfgenmsg, Attr, MsgBuilder, NFNL_SUBSYS_NFTABLES, NLM_F_ACK,
     NLM_F_DUMP, NLM_F_REQUEST,
@@ -195,6 +201,8 @@ pub enum Expr {
         total: u16,
         from_register: bool,
     },
+    /// `log`: to nfnetlink_log group `group` (`None`: to the kernel log, no group).
+    Log { group: Option<u16> },
     /// `target` (xtables through nft_compat): name, revision, info struct.
     Target {
         name: String,
@@ -366,6 +374,13 @@ fn parse_expr(buf: &[u8]) -> Result<Expr, netlink::ParseError> {
             total: f.get(&2).map_or(1, be_u16),
             from_register: f.contains_key(&4),
         },
+        // NFTA_LOG_GROUP: be16 (nft_log_dump); a 4-byte value is read as be32.
+        "log" => Expr::Log {
+            group: f.get(&1).map(|a| match a.data.len() {
+                4 => u16::try_from(be_u32(a)).unwrap_or(u16::MAX),
+                _ => be_u16(a),
+            }),
+        },
         "target" | "match" => {
             let xt_name = f.get(&1).map(string).unwrap_or_default();
             let rev = u(2);
@@ -520,6 +535,9 @@ struct Facts {
     /// Conditions not evaluated (interfaces, addresses, ...).
     others: usize,
     action: Action,
+    /// NFLOG groups the rule copies to (nft `log group`, xt `NFLOG`: neither ends the
+    /// rule's evaluation, so they are kept apart from the verdict).
+    log_groups: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -732,6 +750,14 @@ fn facts(rule: &Rule, anon: &AnonSets) -> Facts {
                     Action::Queue(first, first + u32::from((*total).max(1)) - 1)
                 };
             }
+            Expr::Log { group } => f.log_groups.extend(*group),
+            // struct xt_nflog_info { u32 len; u16 group; u16 threshold; ... }: the target
+            // returns XT_CONTINUE, the rule goes on.
+            Expr::Target { name, info, .. } if name == "NFLOG" => {
+                if let Some(group) = ne_u16(info, 4) {
+                    f.log_groups.push(group);
+                }
+            }
             Expr::Target { name, rev, info } => {
                 f.action = match name.as_str() {
                     // struct xt_NFQ_info(_v1.._v3) { u16 queuenum; (v1+:) u16 queues_total; ... }
@@ -791,8 +817,10 @@ impl Facts {
 /// What ftp6proxy needs of the ruleset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Needs {
-    /// NFQUEUE number (`-p`).
+    /// NFQUEUE number, or in copy mode NFLOG group (`-p`).
     pub queue: u16,
+    /// Whether the packets (NFQUEUE) or copies (NFLOG) must reach it.
+    pub kind: FeedKind,
     /// FTP control ports (`--ftp-ports`).
     pub ftp_ports: Vec<u16>,
     /// The family and name of the table holding the sets (`--nft-table`).
@@ -857,29 +885,38 @@ pub fn analyse(needs: &Needs, chains: &[Chain], rules: &[Rule], anon: &AnonSets)
     let mut report = Report::default();
     let reach = reachable(chains, rules, anon);
     let q = u32::from(needs.queue);
+    let (target, label, what_rule) = match needs.kind {
+        FeedKind::Packets => (format!("NFQUEUE {q}"), format!("queue {q}"), "queue rule"),
+        FeedKind::Copies => (
+            format!("NFLOG group {q}"),
+            format!("nflog group {q}"),
+            "log rule",
+        ),
+    };
 
-    // (b) Something feeds the queue, per family, direction and port.
+    // (b) Something feeds the queue (or the NFLOG group), per family, direction and port.
     let mut fed: BTreeSet<(bool, u8, u16)> = BTreeSet::new(); // (v6?, dir, port)
     let mut skipped = Vec::new();
     for rule in rules {
         let f = facts(rule, anon);
-        let feeds = match f.action {
-            Action::Queue(lo, hi) => lo <= q && q <= hi,
-            Action::QueueUnknown => {
+        let feeds = match (needs.kind, &f.action) {
+            (FeedKind::Copies, _) => f.log_groups.contains(&needs.queue),
+            (FeedKind::Packets, Action::Queue(lo, hi)) => *lo <= q && q <= *hi,
+            (FeedKind::Packets, Action::QueueUnknown) => {
                 skipped.push(format!(
                     "{}: a queue number from a map is not followed",
                     rule.id
                 ));
                 false
             }
-            _ => false,
+            (FeedKind::Packets, _) => false,
         };
         if !feeds {
             continue;
         }
         let Some(hooks) = reach.get(&rule.id) else {
             skipped.push(format!(
-                "{}: queue rule in a chain no hook reaches",
+                "{}: {what_rule} in a chain no hook reaches",
                 rule.id
             ));
             continue;
@@ -888,12 +925,12 @@ pub fn analyse(needs: &Needs, chains: &[Chain], rules: &[Rule], anon: &AnonSets)
             continue;
         }
         if let Some(why) = &f.unreadable {
-            skipped.push(format!("{}: queue rule not counted: {why}", rule.id));
+            skipped.push(format!("{}: {what_rule} not counted: {why}", rule.id));
             continue;
         }
         if f.ct_states & CT_ESTABLISHED == 0 {
             skipped.push(format!(
-                "{}: queue rule not counted: its ct state excludes established connections",
+                "{}: {what_rule} not counted: its ct state excludes established connections",
                 rule.id
             ));
             continue;
@@ -918,8 +955,7 @@ pub fn analyse(needs: &Needs, chains: &[Chain], rules: &[Rule], anon: &AnonSets)
                 _ => "IPv4",
             };
             report.found.push(format!(
-                "queue {}: {} (hook {}) feeds it {fam} tcp {}{}",
-                needs.queue,
+                "{label}: {} (hook {}) feeds it {fam} tcp {}{}",
                 rule.id,
                 hooks_text(hooks),
                 what.join(", "),
@@ -949,11 +985,18 @@ pub fn analyse(needs: &Needs, chains: &[Chain], rules: &[Rule], anon: &AnonSets)
     }
     let nothing_at_all = gaps_by_family.iter().all(|(_, none, _)| *none);
     if nothing_at_all {
+        let (read, flag) = match needs.kind {
+            FeedKind::Packets => ("nft queue statements and iptables-nft NFQUEUE targets", ""),
+            FeedKind::Copies => (
+                "nft log group statements and iptables-nft NFLOG targets",
+                " --intercept nflog",
+            ),
+        };
         report.missing.push(format!(
-            "no rule feeds NFQUEUE {q} with FTP control packets (ports {}): read over nf_tables \
-             netlink were nft queue statements and iptables-nft NFQUEUE targets; rules made with \
-             iptables-legacy are invisible here and not counted. Add them with \
-             ftp6proxy-queue -p {q} --ftp-ports {} start (see nftables.conf.sample)",
+            "no rule feeds {target} with FTP control packets (ports {}): read over nf_tables \
+             netlink were {read}; rules made with iptables-legacy are invisible here and not \
+             counted. Add them with ftp6proxy-queue{flag} -p {q} --ftp-ports {} start (see \
+             nftables.conf.sample)",
             ports_text(&needs.ftp_ports),
             ports_text(&needs.ftp_ports),
         ));
@@ -961,11 +1004,11 @@ pub fn analyse(needs: &Needs, chains: &[Chain], rules: &[Rule], anon: &AnonSets)
         for (fam, none, gaps) in &gaps_by_family {
             if *none {
                 report.notes.push(format!(
-                    "nothing feeds NFQUEUE {q} with {fam} FTP control packets: {fam} FTP will not be helped"
+                    "nothing feeds {target} with {fam} FTP control packets: {fam} FTP will not be helped"
                 ));
             } else if !gaps.is_empty() {
                 report.missing.push(format!(
-                    "no rule feeds NFQUEUE {q} with {fam} FTP control packets {}",
+                    "no rule feeds {target} with {fam} FTP control packets {}",
                     gaps.join(", ")
                 ));
             }
@@ -1050,6 +1093,8 @@ mod tests {
         U16(u16),
         Str(&'static str),
         Data(Vec<u8>),
+        /// Bytes as they are (an xtables info struct).
+        Raw(Vec<u8>),
         Verdict(i32),
     }
 
@@ -1082,6 +1127,9 @@ mod tests {
                     }
                     V::Data(d) => {
                         b.nest_begin(*ty).attr(NFTA_DATA_VALUE, d).nest_end();
+                    }
+                    V::Raw(d) => {
+                        b.attr(*ty, d);
                     }
                     V::Verdict(code) => {
                         b.nest_begin(*ty)
@@ -1189,8 +1237,129 @@ mod tests {
             .collect()
     }
 
+    /// `tcp dport 21 log group GROUP` (offset 2) or `tcp sport 21 ...` (offset 0); `None`:
+    /// a `log` without a group (to the kernel log).
+    fn log_rule(offset: u32, group: Option<u16>) -> Rule {
+        let mut e = tcp_port(offset, 21);
+        e.push(("log", group.map(|g| (1, V::U16(g))).into_iter().collect()));
+        rule(NFPROTO_INET, "q", "forward", &e)
+    }
+
+    /// iptables-nft `-p tcp --dport 21 -j NFLOG --nflog-group GROUP` (offset 2) or
+    /// `--sport 21` (offset 0): struct xt_nflog_info { u32 len; u16 group; u16 threshold;
+    /// u16 flags; u16 pad; char prefix[64]; } in host byte order.
+    fn xt_nflog_rule(offset: u32, group: u16) -> Rule {
+        let mut info = vec![0u8; 76];
+        info[4..6].copy_from_slice(&group.to_ne_bytes());
+        let mut e = tcp_port(offset, 21);
+        e.push((
+            "target",
+            vec![(1, V::Str("NFLOG")), (2, V::U32(0)), (3, V::Raw(info))],
+        ));
+        rule(NFPROTO_IPV6, "mangle", "FORWARD", &e)
+    }
+
+    fn copy_needs() -> Needs {
+        Needs {
+            kind: FeedKind::Copies,
+            ..needs()
+        }
+    }
+
+    /// Copy mode: nft `log group N` for both directions feeds NFLOG group N; the same
+    /// rules count for nothing in inline mode, and queue rules nothing in copy mode.
+    #[test]
+    fn nft_log_group_rules_feed_copy_mode_only() {
+        let holes = [hole_rule("ftp6proxy6"), hole_rule("ftp6proxy4")];
+        let mut rules = vec![log_rule(2, Some(10004)), log_rule(0, Some(10004))];
+        rules.extend(holes.clone());
+        let report = analyse(&copy_needs(), &chains(), &rules, &AnonSets::new());
+        assert!(report.missing.is_empty(), "{report:#?}");
+        assert!(
+            report.found[0].starts_with(
+                "nflog group 10004: inet q forward (hook forward) feeds it IPv6+IPv4 tcp dport 21"
+            ),
+            "{report:#?}"
+        );
+        let inline = analyse(&needs(), &chains(), &rules, &AnonSets::new());
+        assert!(
+            inline.missing[0].contains("no rule feeds NFQUEUE 10004"),
+            "{inline:#?}"
+        );
+        let mut queued = vec![queue_rule(2, 10004, 1), queue_rule(0, 10004, 1)];
+        queued.extend(holes);
+        let report = analyse(&copy_needs(), &chains(), &queued, &AnonSets::new());
+        assert!(
+            report.missing[0].contains("no rule feeds NFLOG group 10004")
+                && report.missing[0].contains("ftp6proxy-queue --intercept nflog -p 10004"),
+            "{report:#?}"
+        );
+    }
+
+    /// Another group, a log without a group, or one direction only: each named.
+    #[test]
+    fn a_log_rule_to_another_group_or_one_direction_is_not_enough() {
+        let holes = [hole_rule("ftp6proxy6"), hole_rule("ftp6proxy4")];
+        for logs in [
+            vec![log_rule(2, Some(10005)), log_rule(0, Some(10005))],
+            vec![log_rule(2, None), log_rule(0, None)],
+        ] {
+            let mut rules = logs;
+            rules.extend(holes.clone());
+            let report = analyse(&copy_needs(), &chains(), &rules, &AnonSets::new());
+            assert!(
+                report.missing[0].contains("no rule feeds NFLOG group 10004 with FTP"),
+                "{report:#?}"
+            );
+        }
+        let mut rules = vec![log_rule(2, Some(10004))];
+        rules.extend(holes);
+        let report = analyse(&copy_needs(), &chains(), &rules, &AnonSets::new());
+        assert_eq!(report.missing.len(), 2, "{report:#?}");
+        assert!(report
+            .missing
+            .iter()
+            .all(|m| m.contains("server to client (tcp sport 21)")));
+    }
+
+    /// iptables-nft's NFLOG target (a compat `target` expression that lets the rule go
+    /// on) feeds the group named in its info struct, for its table's family only.
+    #[test]
+    fn xt_nflog_target_feeds_its_group() {
+        let mut all_chains = chains();
+        all_chains.push(Chain {
+            id: ChainId {
+                family: NFPROTO_IPV6,
+                table: "mangle".to_owned(),
+                chain: "FORWARD".to_owned(),
+            },
+            hook: Some(2),
+        });
+        let rules = vec![
+            xt_nflog_rule(2, 10004),
+            xt_nflog_rule(0, 10004),
+            hole_rule("ftp6proxy6"),
+            hole_rule("ftp6proxy4"),
+        ];
+        let report = analyse(&copy_needs(), &all_chains, &rules, &AnonSets::new());
+        assert!(report.missing.is_empty(), "{report:#?}");
+        assert!(
+            report.found[0]
+                .contains("ip6 mangle FORWARD (hook forward) feeds it IPv6 tcp dport 21"),
+            "{report:#?}"
+        );
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("nothing feeds NFLOG group 10004 with IPv4")),
+            "{report:#?}"
+        );
+    }
+
     fn needs() -> Needs {
         Needs {
+            kind: FeedKind::Packets,
             queue: 10004,
             ftp_ports: vec![21],
             table_family: NFPROTO_INET,

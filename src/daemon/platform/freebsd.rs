@@ -1,15 +1,22 @@
-//! FreeBSD: `-j` is a vnet jail, packets come from divert(4), holes go into ipfw or pf.
+//! FreeBSD: `-j` is a vnet jail, packets come from divert(4) (inline) or copies from ipfw
+//! `tee` / `ngtee` (copy mode), holes go into ipfw or pf.
 
 use anyhow::{bail, Context};
 
 use super::open_tool_firewall;
-use crate::cli::{FirewallKind, Settings};
+use crate::cli::{FirewallKind, InterceptKind, Settings};
 use crate::firewall::Firewall;
 use crate::intercept::divert::Divert;
+use crate::intercept::netgraph::Netgraph;
+use crate::intercept::tee::Tee;
+use crate::intercept::CopySource;
 use crate::jail::{self, Target};
 
 /// The intercept backend of this platform.
 pub type PlatformIntercept = Divert;
+
+/// The copy source of this platform (copy mode): `tee` or `netgraph`.
+pub type PlatformCopy = Box<dyn CopySource>;
 
 /// Binds the divert socket on port `-p`. With `-j` a short-lived child attaches to the
 /// jail, makes and binds the socket there, and hands it back: the socket diverts and
@@ -33,6 +40,57 @@ pub fn open_intercept(settings: &Settings, target: Option<&Target>) -> anyhow::R
     })?))
 }
 
+/// Opens the copy source of `--intercept tee|netgraph` while the monitor is still root
+/// (`div_attach` checks `PRIV_NETINET_DIVERT`, sys/netinet/ip_divert.c; a netgraph control
+/// socket `PRIV_NETGRAPH_CONTROL`, sys/netgraph/ng_socket.c `ngc_attach`). Both limit
+/// their descriptor to `CAP_RECV|CAP_EVENT` before anything is forked, so every parser
+/// inherits a descriptor that can only be read.
+///
+/// - `tee`: a divert socket bound to `-p`, made in the jail's vnet with `-j` as the inline
+///   divert socket is (ipfw `tee PORT` delivers to the divert socket bound to PORT).
+/// - `netgraph`: a socket node connected to ng_ipfw's hook `-p`. Not with `-j`: ng_ipfw
+///   has one node for the whole kernel while node names are per vnet (see `netgraph`).
+///
+/// # Errors
+/// When the socket cannot be made, bound or connected, or `netgraph` is asked for with
+/// `-j`.
+pub fn open_copy_source(
+    settings: &Settings,
+    target: Option<&Target>,
+) -> anyhow::Result<PlatformCopy> {
+    let port = settings.port;
+    match settings.intercept {
+        InterceptKind::Tee => {
+            let socket = match target {
+                Some(target) => {
+                    let jid = target.jid();
+                    jail::socket_from_child(
+                        || jail::attach_in_child(jid),
+                        || Divert::bind_socket(port),
+                    )
+                    .with_context(|| format!("-j {target}"))
+                }
+                None => Divert::bind_socket(port).map_err(anyhow::Error::from),
+            };
+            let socket = socket.with_context(|| format!("tee: divert socket on port {port}"))?;
+            Ok(Box::new(Tee::from_socket(socket)?))
+        }
+        InterceptKind::Netgraph => {
+            if target.is_some() {
+                bail!(
+                    "--intercept netgraph works with the host's own ipfw only (ng_ipfw has one \
+                     node for the whole kernel, node names are per vnet); use --intercept tee \
+                     with -j"
+                );
+            }
+            Ok(Box::new(
+                Netgraph::connect(port).with_context(|| format!("ngtee cookie {port}"))?,
+            ))
+        }
+        other => bail!("--intercept {}: not a copy source of FreeBSD", other.name()),
+    }
+}
+
 /// The firewall backend from `--firewall`; with `-j` every tool it runs attaches to the
 /// jail first.
 ///
@@ -49,7 +107,8 @@ pub fn open_firewall(
 }
 
 /// Puts the parser into Capsicum capability mode once its descriptors are open: from here
-/// on it can use only the socket to the worker (and syslog's, already connected). The
+/// on it can use only its links (to the worker, or in copy mode the copy source limited
+/// to receiving) and the monitor's log link. The
 /// worker itself cannot enter capability mode: reinjecting a diverted packet is a
 /// `sendto(2)` with an address, which the kernel refuses there (`sendit()` in
 /// sys/kern/uipc_syscalls.c returns ECAPMODE when `msg_name` is set).
@@ -58,11 +117,6 @@ pub fn open_firewall(
 /// When cap_enter(2) fails.
 pub fn sandbox() -> anyhow::Result<()> {
     capsicum::enter().context("enter Capsicum capability mode")
-}
-
-/// Name of the intercept mechanism, for the start line.
-pub fn intercept_name() -> &'static str {
-    "divert"
 }
 
 /// divert(4) keeps no per-socket drop counter (a full receive buffer only sets

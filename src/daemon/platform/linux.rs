@@ -1,4 +1,5 @@
-//! Linux: `-j` is a network namespace, packets come from NFQUEUE, holes go into nftables.
+//! Linux: `-j` is a network namespace, packets come from NFQUEUE (inline) or copies from an
+//! NFLOG group (copy mode), holes go into nftables.
 
 use anyhow::Context;
 
@@ -6,11 +7,15 @@ use super::open_tool_firewall;
 use crate::cli::{FirewallKind, Settings};
 use crate::firewall::nft::Nft;
 use crate::firewall::Firewall;
+use crate::intercept::nflog::NfLog;
 use crate::intercept::nfqueue::NfQueue;
 use crate::jail::Target;
 
 /// The intercept backend of this platform.
 pub type PlatformIntercept = NfQueue;
+
+/// The copy source of this platform (copy mode).
+pub type PlatformCopy = NfLog;
 
 /// Runs `open` in the network namespace `-j` names, or here without `-j`: the sockets it
 /// makes stay in that namespace while the daemon stays on the host (see `jail`).
@@ -30,6 +35,23 @@ fn in_target<T>(target: Option<&Target>, open: impl FnOnce() -> T) -> anyhow::Re
 pub fn open_intercept(settings: &Settings, target: Option<&Target>) -> anyhow::Result<NfQueue> {
     // NfQueue::open names the queue and the step that failed: no second context.
     Ok(in_target(target, || NfQueue::open(settings.port))??)
+}
+
+/// Binds NFLOG group `-p` for `--intercept nflog`, in the namespace of `-j`, while the
+/// monitor still has CAP_NET_ADMIN: binding and configuring need it, receiving afterwards
+/// does not (`tests/netlink_nflog.rs`), so the sandboxed parser reads what this binds.
+///
+/// # Errors
+/// When the group cannot be bound (permission, or another process holds it), or the
+/// kind is not this platform's copy kind.
+pub fn open_copy_source(settings: &Settings, target: Option<&Target>) -> anyhow::Result<NfLog> {
+    anyhow::ensure!(
+        settings.intercept == crate::cli::InterceptKind::Nflog,
+        "--intercept {}: not a copy source of Linux",
+        settings.intercept.name()
+    );
+    in_target(target, || NfLog::bind(settings.port))?
+        .with_context(|| format!("bind NFLOG group {}", settings.port))
 }
 
 /// The firewall backend from `--firewall`, talking to the namespace of `-j`.
@@ -55,11 +77,6 @@ pub fn open_firewall(
 /// When the kernel refuses the filter.
 pub fn sandbox() -> anyhow::Result<()> {
     super::seccomp::enter()
-}
-
-/// Name of the intercept mechanism, for the start line.
-pub fn intercept_name() -> &'static str {
-    "nfqueue"
 }
 
 /// The NFQUEUE's drop counters (`/proc/net/netfilter/nfnetlink_queue`), opened in the
