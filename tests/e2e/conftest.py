@@ -37,16 +37,11 @@ def lab_net():
         lab.lab_down()
 
 
-@pytest.fixture
-def daemon(request, tmp_path):
-    """ftp6proxy started in the gateway namespace (-d -d -j f6p-gw ... -t 2).
-
-    Teardown: SIGTERM, exit status 0, both hole sets empty within -t (a stop leaves live
-    holes to their own timeouts). If the binary is missing the
-    test FAILS (see pytest_runtest_call below) rather than erroring or skipping."""
+def run_lab_daemon(request, tmp_path, copy=False):
+    """The body of the daemon fixtures: start, yield the Daemon, stop and check."""
     marker = request.node.get_closest_marker("daemon_timeout")
     timeout_s = marker.args[0] if marker else 2
-    d = lab.Daemon(tmp_path / "ftp6proxy.log")
+    d = lab.Daemon(tmp_path / "ftp6proxy.log", copy=copy)
     request.node.f6p_daemon = d
     binary = lab.daemon_binary()
     if not binary.is_file():
@@ -64,6 +59,35 @@ def daemon(request, tmp_path):
     # A stop cuts no hole short: live holes expire by their own timeouts, at most -t.
     assert lab.wait_until(lambda: not lab.all_elements(), timeout_s + 5), \
         f"hole sets not empty {timeout_s + 5}s after the daemon stopped: {lab.all_elements()}"
+
+
+@pytest.fixture
+def daemon(request, tmp_path):
+    """ftp6proxy started in the gateway namespace (-d -d -j f6p-gw ... -t 2).
+
+    Teardown: SIGTERM, exit status 0, both hole sets empty within -t (a stop leaves live
+    holes to their own timeouts). If the binary is missing the
+    test FAILS (see pytest_runtest_call below) rather than erroring or skipping."""
+    yield from run_lab_daemon(request, tmp_path)
+
+
+@pytest.fixture
+def copy_mode():
+    """The gateway copies control packets to NFLOG group lab.QUEUE (lab.NflogFeed), and
+    hole checks allow for copy mode's race (lab.HOLE_SETTLE), for one test."""
+    old = lab.HOLE_SETTLE
+    lab.HOLE_SETTLE = 0.5
+    try:
+        with lab.NflogFeed():
+            yield
+    finally:
+        lab.HOLE_SETTLE = old
+
+
+@pytest.fixture
+def copy_daemon(request, tmp_path, copy_mode):
+    """As `daemon`, in copy mode: --intercept nflog on the copies lab.NflogFeed makes."""
+    yield from run_lab_daemon(request, tmp_path, copy=True)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -127,6 +127,38 @@ def queue_bound():
     return any(line.split()[:1] == [str(QUEUE)] for line in r.stdout.splitlines())
 
 
+def nflog_bound(group=QUEUE):
+    """True when some process is bound to NFLOG group `group` in the gateway namespace
+    (/proc/net/netfilter/nfnetlink_log lists bound groups, first column)."""
+    r = in_ns(GW_NS, "cat", "/proc/net/netfilter/nfnetlink_log", timeout=20)
+    return any(line.split()[:1] == [str(group)] for line in r.stdout.splitlines())
+
+
+# How long a hole may take to appear after its announcement was answered. Inline modes
+# open it before the announcing packet goes on: 0 (checked at once). Copy mode opens it
+# as fast as it can after the packet has gone: tests of copy mode set this for their
+# duration, and a check that nothing was opened waits this long first.
+HOLE_SETTLE = 0.0
+
+
+def holes_settle():
+    """Waits HOLE_SETTLE seconds, so that "no hole" means no hole even in copy mode."""
+    if HOLE_SETTLE:
+        time.sleep(HOLE_SETTLE)
+
+
+def expect_set(family, want):
+    """The hole set of `family` is `want`: at once inline, within HOLE_SETTLE in copy mode."""
+    got = wait_until(lambda: set_elements(family) == want, HOLE_SETTLE, interval=0.01)
+    assert got, f"set {SET[family]} is {set_elements(family)}, want {want}"
+
+
+def expect_hole(family, hole):
+    """`hole` is in the set of `family`: at once inline, within HOLE_SETTLE in copy mode."""
+    assert wait_until(lambda: hole in set_elements(family), HOLE_SETTLE, interval=0.01), \
+        f"no hole {hole} in {SET[family]}: {set_elements(family)}"
+
+
 def wait_until(pred, timeout, interval=0.2):
     """Poll pred() until it is true or timeout seconds have passed; return its last value."""
     deadline = time.monotonic() + timeout
@@ -330,38 +362,46 @@ def daemon_binary():
     return REPO / "target" / "debug" / "ftp6proxy"
 
 
-def daemon_argv(timeout_s=2):
+LAB_FTP_PORTS = f"21,2121,2122,{FTPS}"
+
+
+def daemon_argv(timeout_s=2, extra=()):
     return [str(daemon_binary()), "-d", "-d", "-j", GW_NS, "--firewall", "nft",
-            "--ftp-ports", f"21,2121,2122,{FTPS}", "-p", str(QUEUE), "-t", str(timeout_s)]
+            "--ftp-ports", LAB_FTP_PORTS, "-p", str(QUEUE), "-t", str(timeout_s), *extra]
 
 
 class Daemon:
-    """ftp6proxy running against the lab gateway; stderr+stdout go to log_path."""
+    """ftp6proxy running against the lab gateway; stderr+stdout go to log_path. With
+    copy=True it runs in copy mode (--intercept nflog): ready when NFLOG group QUEUE is
+    bound instead of the NFQUEUE."""
 
-    def __init__(self, log_path):
+    def __init__(self, log_path, copy=False):
         self.log_path = Path(log_path)
         self.proc = None
         self.killed = False
         self.argv = None
+        self.copy = copy
+        self.bound = nflog_bound if copy else queue_bound
+        self.what = f"NFLOG group {QUEUE}" if copy else f"NFQUEUE {QUEUE}"
 
     def start(self, timeout_s=2, ready_within=20):
         binary = daemon_binary()
         if not (binary.is_file() and os.access(binary, os.X_OK)):
             raise AssertionError(f"ftp6proxy binary not found at {binary}: build it "
                                  "(cargo build) or set FTP6PROXY_BIN")
-        assert not queue_bound(), "another process is already bound to the lab's NFQUEUE"
-        self.argv = daemon_argv(timeout_s)
+        assert not self.bound(), f"another process is already bound to the lab's {self.what}"
+        self.argv = daemon_argv(timeout_s, ["--intercept", "nflog"] if self.copy else [])
         with open(self.log_path, "a") as log:
             log.write(f"### start: {' '.join(self.argv)}\n")
             log.flush()
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         self.killed = False
-        ok = wait_until(lambda: self.proc.poll() is not None or queue_bound(), ready_within)
+        ok = wait_until(lambda: self.proc.poll() is not None or self.bound(), ready_within)
         if self.proc.poll() is not None:
             raise AssertionError(f"ftp6proxy exited with {self.proc.returncode} at start:\n"
                                  + self.log())
-        assert ok, f"ftp6proxy did not bind NFQUEUE {QUEUE} within {ready_within}s:\n" + self.log()
+        assert ok, f"ftp6proxy did not bind {self.what} within {ready_within}s:\n" + self.log()
         return self
 
     def log(self):
@@ -392,5 +432,31 @@ class Daemon:
         self.proc.kill()
         self.proc.wait(10)
         self.killed = True
-        # The kernel unbinds the queue when the socket dies.
-        assert wait_until(lambda: not queue_bound(), 10), "NFQUEUE still bound after kill -9"
+        # The kernel unbinds the queue (or group) when the socket dies.
+        assert wait_until(lambda: not self.bound(), 10), f"{self.what} still bound after kill -9"
+
+
+class NflogFeed:
+    """The gateway copies FTP control packets of both directions to NFLOG group `group`
+    for the duration (iptables/ip6tables -j NFLOG in mangle FORWARD, inserted before the
+    lab's NFQUEUE rules, whose bypass lets the packets themselves pass while no daemon is
+    bound to the queue). Removed on exit, whatever happened."""
+
+    def __init__(self, group=QUEUE, ports=LAB_FTP_PORTS):
+        self.rules = [["-p", "tcp", "-m", "multiport", f"--{d}", ports,
+                       "-j", "NFLOG", "--nflog-group", str(group)]
+                      for d in ("dports", "sports")]
+        self.added = []
+
+    def __enter__(self):
+        for ipt in ("iptables", "ip6tables"):
+            for rule in self.rules:
+                in_ns(GW_NS, ipt, "-w", "-t", "mangle", "-I", "FORWARD", "1", *rule,
+                      check=True)
+                self.added.append((ipt, rule))
+        return self
+
+    def __exit__(self, *exc):
+        for ipt, rule in self.added:
+            in_ns(GW_NS, ipt, "-w", "-t", "mangle", "-D", "FORWARD", *rule, check=True)
+        self.added = []

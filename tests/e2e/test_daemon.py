@@ -10,6 +10,7 @@ C, S, T = lab.CLIENT, lab.SERVER, lab.THIRD
 
 
 def expect_no_holes(what):
+    lab.holes_settle()
     got = lab.all_elements()
     assert got == set(), f"{what}: the daemon opened {got}"
 
@@ -51,8 +52,9 @@ def test_hole_appears_then_expires(daemon, family, command):
             r = b.cmd(f"{command} {arg}")
             assert r.startswith("200"), r
             want = (s, c, port)
-        # The daemon opens the hole before it passes the announcement on: it is there now.
-        assert lab.set_elements(family) == {want}
+        # The daemon opens the hole before it passes the announcement on: it is there now
+        # (copy mode: within lab.HOLE_SETTLE).
+        lab.expect_set(family, {want})
         assert lab.set_elements(4 if family == 6 else 6) == set()
         # ... and gone after -t (4 s here), whatever the control connection does.
         assert lab.wait_until(lambda: lab.set_elements(family) == set(), 4 + 20), \
@@ -103,6 +105,7 @@ def test_client_sending_reply_line_opens_nothing(daemon, family, line, port):
         before = lab.all_elements()
         r = b.cmd(line)
         assert r.startswith("500"), r
+        lab.holes_settle()
         new = lab.all_elements() - before
         assert not any(p == port for _, _, p in new), f"client-sent reply opened {new}"
     # Nothing listens there: a refusal would mean the SYN reached the server.
@@ -174,7 +177,7 @@ def test_command_split_across_segments(daemon, family, parts):
         assert b.listen(port)["ok"]
         r = b.split(parts, delay=0.3)
         assert r.startswith("200"), r
-        assert (S[family], C[family], port) in lab.set_elements(family)
+        lab.expect_hole(family, (S[family], C[family], port))
         r = b.cmd("LIST")
         assert r.startswith("150"), r
         data = b.accept()
