@@ -9,8 +9,8 @@
 //! ([`spawn`]): the unprivileged [`worker`] (packet I/O) and the sandboxed [`parser`] (the
 //! engine), and starts them again when they die. In copy mode (`--intercept
 //! tee|netgraph|nflog`) the copy source is opened where the intercept would be, and the
-//! monitor's only child is the parser, which reads the copies itself. Every message between the three is in
-//! [`messages`]. Owns process-level concerns only; no packet or FTP logic.
+//! monitor's only child is the parser, which reads the copies itself. Every message
+//! between the processes is in [`messages`]. Owns process-level concerns only; no packet or FTP logic.
 
 pub mod handover;
 pub mod link;

@@ -8,8 +8,9 @@
 //! re-checks it, applies it and answers. When the parser dies, the monitor starts a new
 //! one and hands the worker its link (copy mode: the new parser reads the copy source the
 //! monitor keeps); when the worker dies, it starts both again on the same intercept
-//! socket; five deaths within a minute are a crash loop and end the daemon. At a stop it has the parser hand its state over, lets the worker pass what
-//! it holds, and leaves no hole behind past its deadline (DESIGN.md invariant 6). It parses
+//! socket; five deaths within a minute are a crash loop and end the daemon. At a stop it
+//! has the parser hand its state over, lets the worker pass what it holds, and leaves no
+//! hole behind past its deadline (DESIGN.md invariant 6). It parses
 //! no packets and runs no FTP logic. It is the one process that writes the log: the
 //! children's lines arrive on the log link (see `logging`).
 
