@@ -406,7 +406,7 @@ fn read_copies(
             Ok(None) => return Ok(false),
             Err(e) => {
                 counters.read_errors += 1;
-                if is_power_of_ten(counters.read_errors) {
+                if super::logging::is_power_of_ten(counters.read_errors) {
                     log::error!(
                         "reading copies: {e} (count={}); the engine recovers from the gap",
                         counters.read_errors
@@ -421,14 +421,6 @@ fn read_copies(
         }
     }
     Ok(true)
-}
-
-/// 1, 10, 100, ...: when a counted warning is logged, so it shows at once and never floods.
-fn is_power_of_ten(mut n: u64) -> bool {
-    while n >= 10 && n.is_multiple_of(10) {
-        n /= 10;
-    }
-    n == 1
 }
 
 /// The copy-mode parser's status line: the engine's, and what the copy source counts.
@@ -506,9 +498,12 @@ pub fn run_copies(
             };
             match FromMonitor::decode(&monitor_buf[..n]) {
                 Ok(FromMonitor::Response { id, ok }) => parser.answer(id, ok),
-                Ok(FromMonitor::Status) => {
-                    log::info!("{}", copy_status(&parser.engine, copies, &counters));
-                }
+                Ok(FromMonitor::Used { slot, spec }) => parser.engine.hole_used(slot, spec),
+                Ok(FromMonitor::Status) => log::info!(
+                    "{} log_dropped={}",
+                    copy_status(&parser.engine, copies, &counters),
+                    super::logging::forward_dropped()
+                ),
                 Ok(FromMonitor::Shutdown) => stopping = true,
                 Err(e) => log::error!("the monitor sent a {e}"),
             }

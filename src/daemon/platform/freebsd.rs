@@ -9,14 +9,45 @@ use crate::firewall::Firewall;
 use crate::intercept::divert::Divert;
 use crate::intercept::netgraph::Netgraph;
 use crate::intercept::tee::Tee;
-use crate::intercept::CopySource;
+use crate::intercept::{CopySource, PacketCopy};
 use crate::jail::{self, Target};
 
 /// The intercept backend of this platform.
 pub type PlatformIntercept = Divert;
 
 /// The copy source of this platform (copy mode): `tee` or `netgraph`.
-pub type PlatformCopy = Box<dyn CopySource>;
+#[derive(Debug)]
+pub enum PlatformCopy {
+    /// ipfw `tee`: a divert socket, only read.
+    Tee(Tee),
+    /// ipfw `ngtee`: an ng_socket data socket on ng_ipfw's hook, only read.
+    Netgraph(Netgraph),
+}
+
+impl std::os::fd::AsRawFd for PlatformCopy {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            PlatformCopy::Tee(tee) => tee.as_raw_fd(),
+            PlatformCopy::Netgraph(ng) => ng.as_raw_fd(),
+        }
+    }
+}
+
+impl CopySource for PlatformCopy {
+    fn recv(&mut self) -> std::io::Result<Option<PacketCopy<'_>>> {
+        match self {
+            PlatformCopy::Tee(tee) => tee.recv(),
+            PlatformCopy::Netgraph(ng) => ng.recv(),
+        }
+    }
+
+    fn lost(&self) -> u64 {
+        match self {
+            PlatformCopy::Tee(tee) => tee.lost(),
+            PlatformCopy::Netgraph(ng) => ng.lost(),
+        }
+    }
+}
 
 /// Binds the divert socket on port `-p`. With `-j` a short-lived child attaches to the
 /// jail, makes and binds the socket there, and hands it back: the socket diverts and
@@ -73,7 +104,7 @@ pub fn open_copy_source(
                 None => Divert::bind_socket(port).map_err(anyhow::Error::from),
             };
             let socket = socket.with_context(|| format!("tee: divert socket on port {port}"))?;
-            Ok(Box::new(Tee::from_socket(socket)?))
+            Ok(PlatformCopy::Tee(Tee::from_socket(socket)?))
         }
         InterceptKind::Netgraph => {
             if target.is_some() {
@@ -83,7 +114,7 @@ pub fn open_copy_source(
                      with -j"
                 );
             }
-            Ok(Box::new(
+            Ok(PlatformCopy::Netgraph(
                 Netgraph::connect(port).with_context(|| format!("ngtee cookie {port}"))?,
             ))
         }
