@@ -389,9 +389,10 @@ pub fn markdown(r: &Results, page: &Page<'_>) -> String {
          data connections: its transfers/s are the kernel's plus the queue's cost.\n\
          - **ftp6proxy inline**: the release build, `-d` (foreground, as deployed otherwise) \
          with `-b 1024 -c 60000`, `-j f6pb-gw`, `--firewall nft`; holes are elements of the \
-         lab's `ftp6proxy6` set. `-c` is sized for the rate (at least rate × `-t`): with the \
-         default `-c 100 -t 2` a hole is held for 2 s even after use, which caps new data \
-         connections at 50/s (issue 10, item 6).\n\
+         lab's `ftp6proxy6` set, used up by their data connection's first packet (the \
+         `delete @ftp6proxy6` rule of nftables.conf.sample). `-c` is large so that slots \
+         are never what limits: the kernel helper does thousands of transfers a second here, \
+         and a slot is freed only when the monitor sees its element gone.\n\
          - **copy mode (nflog)**: not implemented yet; its column is the slot for it.\n\
          - **Load generator** (`f6pb-load`): threads with logged-in control connections, no \
          process per transfer. Transfers alternate passive (EPSV) and active (EPRT) downloads \
