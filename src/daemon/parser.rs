@@ -189,15 +189,8 @@ impl Parser {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
-            loop {
-                let n = match read(&self.monitor, buf)? {
-                    Read::Message(n) => n,
-                    Read::Empty => break,
-                    Read::Gone => return Ok(()),
-                };
-                if let Ok(FromMonitor::Response { id, ok }) = FromMonitor::decode(&buf[..n]) {
-                    self.answer(id, ok);
-                }
+            if self.read_monitor(buf, &engine_status)?.is_none() {
+                return Ok(());
             }
         }
     }
@@ -212,25 +205,54 @@ impl Parser {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
-            loop {
-                let n = match read(&self.monitor, buf)? {
-                    Read::Message(n) => n,
-                    Read::Empty => break,
-                    Read::Gone => return Ok(false),
-                };
-                match FromMonitor::decode(&buf[..n]) {
-                    Ok(FromMonitor::Shutdown) => return Ok(true),
-                    Ok(FromMonitor::Response { id, ok }) => self.answer(id, ok),
-                    Ok(FromMonitor::Used { .. }) => {}
-                    Ok(FromMonitor::Status) => log::info!(
-                        "{} log_dropped={}",
-                        self.engine.status(),
-                        super::logging::forward_dropped()
-                    ),
-                    Err(e) => log::error!("the monitor sent a {e}"),
-                }
+            match self.read_monitor(buf, &engine_status)? {
+                Some(true) => return Ok(true),
+                Some(false) => {}
+                None => return Ok(false),
             }
         }
+    }
+
+    /// Reads every message the monitor has sent: an answer releases the packets waiting
+    /// for it, a used hole frees its slot, a status request logs `status`. Returns whether
+    /// a stop was ordered, or `None` when the monitor is gone.
+    fn read_monitor(
+        &mut self,
+        buf: &mut [u8],
+        status: &dyn Fn(&Engine) -> String,
+    ) -> nix::Result<Option<bool>> {
+        let mut stop = false;
+        loop {
+            let n = match read(&self.monitor, buf)? {
+                Read::Message(n) => n,
+                Read::Empty => return Ok(Some(stop)),
+                Read::Gone => return Ok(None),
+            };
+            match FromMonitor::decode(&buf[..n]) {
+                Ok(FromMonitor::Response { id, ok }) => self.answer(id, ok),
+                Ok(FromMonitor::Used { slot, spec }) => self.engine.hole_used(slot, spec),
+                Ok(FromMonitor::Status) => log::info!(
+                    "{} log_dropped={}",
+                    status(&self.engine),
+                    super::logging::forward_dropped()
+                ),
+                Ok(FromMonitor::Shutdown) => stop = true,
+                Err(e) => log::error!("the monitor sent a {e}"),
+            }
+        }
+    }
+
+    /// The end of a stop: every packet read and its holes answered, the connections are
+    /// handed over and the monitor told. No hole is closed here: the monitor lets each
+    /// live to its deadline (see monitor::clean_up), and the next instance adopts them.
+    fn finish(&mut self, handover: Option<std::fs::File>) -> nix::Result<Exit> {
+        log::info!("terminating with {} holes open", self.engine.open_holes());
+        self.drain_events();
+        if let Some(mut file) = handover {
+            hand_over(&self.engine, &mut file);
+        }
+        tell(&self.monitor, &ToMonitor::Closed.encode())?;
+        Ok(Exit::Shutdown)
     }
 
     fn drain_events(&mut self) {
@@ -238,6 +260,11 @@ impl Parser {
             log_event(&event);
         }
     }
+}
+
+/// The inline parser's status line: the engine's.
+fn engine_status(engine: &Engine) -> String {
+    engine.status().to_string()
 }
 
 /// What one read of a link found.
@@ -292,15 +319,7 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
             if !stopping && !parser.await_stop(&mut monitor_buf)? {
                 return Ok(Exit::PeerGone);
             }
-            // No hole is closed here: the monitor lets each live to its deadline (see
-            // monitor::clean_up), and the next instance adopts them.
-            log::info!("terminating with {} holes open", parser.engine.open_holes());
-            parser.drain_events();
-            if let Some(mut file) = handover.take() {
-                hand_over(&parser.engine, &mut file);
-            }
-            tell(&parser.monitor, &ToMonitor::Closed.encode())?;
-            return Ok(Exit::Shutdown);
+            return parser.finish(handover.take());
         }
         let timeout = parser
             .engine
@@ -325,26 +344,12 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
         }
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
-        // Answers first: they release packets already waiting.
-        loop {
-            let n = match read(&parser.monitor, &mut monitor_buf)? {
-                Read::Message(n) => n,
-                Read::Empty => break,
-                Read::Gone => return Ok(Exit::PeerGone),
-            };
-            match FromMonitor::decode(&monitor_buf[..n]) {
-                Ok(FromMonitor::Response { id, ok }) => parser.answer(id, ok),
-                Ok(FromMonitor::Used { slot, spec }) => parser.engine.hole_used(slot, spec),
-                Ok(FromMonitor::Status) => log::info!(
-                    "{} log_dropped={}",
-                    parser.engine.status(),
-                    super::logging::forward_dropped()
-                ),
-                // Packets the worker read before it stopped are still coming: each is
-                // read, so none goes on unread, and the hand-over includes them.
-                Ok(FromMonitor::Shutdown) => stopping = true,
-                Err(e) => log::error!("the monitor sent a {e}"),
-            }
+        // Answers first: they release packets already waiting. A stop order does not end
+        // the loop: the packets the worker read before it stopped are still coming, and
+        // each is read, so none goes on unread and the hand-over includes them.
+        match parser.read_monitor(&mut monitor_buf, &engine_status)? {
+            Some(stop) => stopping |= stop,
+            None => return Ok(Exit::PeerGone),
         }
         while let Some(worker) = &parser.worker {
             let n = match read(worker, &mut packet_buf)? {
@@ -489,25 +494,11 @@ pub fn run_copies(
         }
         // Copies first: the engine's reaction to a copy is the first thing done with it.
         more = read_copies(&mut parser, copies, &mut counters)?;
-        let mut stopping = false;
-        loop {
-            let n = match read(&parser.monitor, &mut monitor_buf)? {
-                Read::Message(n) => n,
-                Read::Empty => break,
-                Read::Gone => return Ok(Exit::PeerGone),
-            };
-            match FromMonitor::decode(&monitor_buf[..n]) {
-                Ok(FromMonitor::Response { id, ok }) => parser.answer(id, ok),
-                Ok(FromMonitor::Used { slot, spec }) => parser.engine.hole_used(slot, spec),
-                Ok(FromMonitor::Status) => log::info!(
-                    "{} log_dropped={}",
-                    copy_status(&parser.engine, copies, &counters),
-                    super::logging::forward_dropped()
-                ),
-                Ok(FromMonitor::Shutdown) => stopping = true,
-                Err(e) => log::error!("the monitor sent a {e}"),
-            }
-        }
+        let status = |engine: &Engine| copy_status(engine, copies, &counters);
+        let stopping = match parser.read_monitor(&mut monitor_buf, &status)? {
+            Some(stop) => stop,
+            None => return Ok(Exit::PeerGone),
+        };
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         if parser.engine.poll_timeout().is_some_and(|at| at <= now) {
@@ -528,13 +519,7 @@ pub fn run_copies(
             // The copies made before the order: read them, so the hand-over includes them.
             while read_copies(&mut parser, copies, &mut counters)? {}
             parser.finish_pending(&mut monitor_buf)?;
-            log::info!("terminating with {} holes open", parser.engine.open_holes());
-            parser.drain_events();
-            if let Some(mut file) = handover.take() {
-                hand_over(&parser.engine, &mut file);
-            }
-            tell(&parser.monitor, &ToMonitor::Closed.encode())?;
-            return Ok(Exit::Shutdown);
+            return parser.finish(handover.take());
         }
         parser.drain_events();
     }

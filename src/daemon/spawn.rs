@@ -153,14 +153,8 @@ impl<'a> Processes<'a> {
         self.become_child(Process::Parser, &keep)?;
         signals::ignore_all().context("ignore signals in the parser")?;
         let settings = self.settings;
-        if settings.foreground == Foreground::Debug {
-            chroot_only(settings)?;
-        } else {
-            privdrop::drop_to(
-                &self.identity,
-                settings.chroot.as_deref(),
-                privdrop::Keep::Nothing,
-            )?;
+        self.confine(privdrop::Keep::Nothing)?;
+        if settings.foreground != Foreground::Debug {
             platform::sandbox()?;
         }
         let mut engine = Engine::new(settings.engine.clone());
@@ -193,6 +187,14 @@ impl<'a> Processes<'a> {
         Ok(())
     }
 
+    /// Chroots (`-r`) and drops to `-u`, keeping `keep`; under `-d -d` only the chroot.
+    fn confine(&self, keep: privdrop::Keep) -> anyhow::Result<()> {
+        if self.settings.foreground == Foreground::Debug {
+            return chroot_only(self.settings);
+        }
+        privdrop::drop_to(&self.identity, self.settings.chroot.as_deref(), keep)
+    }
+
     fn run_worker(&mut self, parser_link: OwnedFd, monitor_link: OwnedFd) -> anyhow::Result<i32> {
         let Some(Packets::Inline(mut intercept)) = self.packets.take() else {
             anyhow::bail!("no intercept for a worker (released, or copy mode)");
@@ -209,16 +211,7 @@ impl<'a> Processes<'a> {
         }
         super::link::set_nonblocking(&parser_link)?;
         super::link::set_nonblocking(&monitor_link)?;
-        let settings = self.settings;
-        if settings.foreground == Foreground::Debug {
-            chroot_only(settings)?;
-        } else {
-            privdrop::drop_to(
-                &self.identity,
-                settings.chroot.as_deref(),
-                privdrop::Keep::NetAdmin,
-            )?;
-        }
+        self.confine(privdrop::Keep::NetAdmin)?;
         let exit =
             worker::Worker::new(intercept, monitor_link, Some(parser_link), signals).run()?;
         Ok(match exit {

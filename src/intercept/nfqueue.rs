@@ -18,8 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use super::{Intercept, Packet};
 use crate::netlink::{
     self, attrs, messages, nfnl_type, split_nfgenmsg, MsgBuilder, ParseError, Socket,
-    NFNL_SUBSYS_NFTABLES, NFNL_SUBSYS_QUEUE, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_ACK,
-    NLM_F_REQUEST,
+    NFNL_SUBSYS_QUEUE, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_ACK, NLM_F_REQUEST,
 };
 use ftp6proxy_core::engine::Checksum;
 
@@ -161,12 +160,17 @@ pub fn parse_packet_msg(payload: &[u8]) -> Result<PacketMsg<'_>, PacketError> {
 ///
 /// As libnetfilter_queue's `nfq_set_verdict(qh, id, NF_ACCEPT, 0, NULL)` would send it.
 pub fn build_verdict(queue: u16, id: u32, seq: u32) -> Vec<u8> {
+    build_accept(NFQNL_MSG_VERDICT, queue, id, seq)
+}
+
+/// An `NF_ACCEPT` verdict message of type `kind` (one packet, or every packet up to `id`).
+fn build_accept(kind: u8, queue: u16, id: u32, seq: u32) -> Vec<u8> {
     let mut hdr = [0u8; 8];
     hdr[..4].copy_from_slice(&NF_ACCEPT.to_be_bytes());
     hdr[4..].copy_from_slice(&id.to_be_bytes());
     let mut b = MsgBuilder::new();
     b.begin(
-        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT),
+        nfnl_type(NFNL_SUBSYS_QUEUE, kind),
         NLM_F_REQUEST,
         seq,
         libc_af_unspec(),
@@ -182,20 +186,7 @@ pub fn build_verdict(queue: u16, id: u32, seq: u32) -> Vec<u8> {
 /// in order and stops at the first id after it). A new reader sends it once, for the
 /// packets its dead predecessor held.
 pub fn build_verdict_batch(queue: u16, id: u32, seq: u32) -> Vec<u8> {
-    let mut hdr = [0u8; 8];
-    hdr[..4].copy_from_slice(&NF_ACCEPT.to_be_bytes());
-    hdr[4..].copy_from_slice(&id.to_be_bytes());
-    let mut b = MsgBuilder::new();
-    b.begin(
-        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT_BATCH),
-        NLM_F_REQUEST,
-        seq,
-        libc_af_unspec(),
-        queue,
-    )
-    .attr(NFQA_VERDICT_HDR, &hdr)
-    .end();
-    b.finish()
+    build_accept(NFQNL_MSG_VERDICT_BATCH, queue, id, seq)
 }
 
 /// Builds an `NFQA_CFG_CMD` config message (`command` for protocol family `pf`) with ACK.
@@ -546,21 +537,7 @@ impl AsRawFd for NfQueue {
 fn bind_error(sock: &mut Socket, queue: u16, err: io::Error) -> io::Error {
     match err.raw_os_error() {
         Some(libc::EPERM) => {
-            let seq = sock.next_seq();
-            let mut b = MsgBuilder::new();
-            // NFT_MSG_GETGEN = 16 (nf_tables.h)
-            b.begin(
-                nfnl_type(NFNL_SUBSYS_NFTABLES, 16),
-                NLM_F_REQUEST | NLM_F_ACK,
-                seq,
-                0,
-                0,
-            )
-            .end();
-            let capable = !matches!(
-                sock.request(&b.finish(), seq).map_err(|e| e.raw_os_error()),
-                Err(Some(libc::EPERM))
-            );
+            let capable = sock.may_configure();
             if capable {
                 annotate(
                     err,
