@@ -48,10 +48,19 @@ def roles(monitor_pid):
     """The monitor's children by role (each names itself: ftp6proxy-wkr, ftp6proxy-prs)."""
     found = {}
     for pid in children(monitor_pid):
-        with open(f"/proc/{pid}/comm") as f:
-            comm = f.read().strip()
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+            if proc_status(pid).get("State", "").startswith("Z"):
+                continue  # dead, not collected yet
+        except FileNotFoundError:
+            continue  # gone since ps listed it
         role = {"ftp6proxy-wkr": "worker", "ftp6proxy-prs": "parser"}.get(comm)
-        assert role and role not in found, f"unexpected child {pid} ({comm}) of {monitor_pid}"
+        if role is None:
+            # Forked a moment ago and not named yet (the monitor is starting a child).
+            assert comm == "ftp6proxy", f"unexpected child {pid} ({comm}) of {monitor_pid}"
+            continue
+        assert role not in found, f"two {role}s under {monitor_pid}: {found[role]} and {pid}"
         found[role] = pid
     return found
 
