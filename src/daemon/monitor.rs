@@ -34,7 +34,7 @@ use super::privsep::Validator;
 use super::signals::{Event as Signal, SignalPipe};
 use super::spawn::{Child, Spawn};
 use crate::firewall::Firewall;
-use ftp6proxy_core::{HoleSpec, Slot};
+use ftp6proxy_core::{FwAction, HoleSpec, Slot};
 
 /// How long the children get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_millis(3000);
@@ -54,6 +54,10 @@ const USE_CHECK_BUSY: Duration = Duration::from_millis(5);
 
 /// How often the intercept's drop counters are looked at.
 const OVERFLOW_CHECK: Duration = Duration::from_secs(5);
+
+/// How early a close may come and still count as at its hole's deadline (the engine's
+/// clock reads the deadline a moment before the monitor's record of it ends).
+const CLOSE_SLACK: Duration = Duration::from_millis(100);
 
 /// Child restarts allowed within [`CRASH_WINDOW`] before the daemon gives up.
 pub const MAX_RESTARTS: usize = 5;
@@ -82,6 +86,7 @@ struct ParserChild {
 struct Counters {
     requests: u64,
     holes_used: u64,
+    closes_left_to_expire: u64,
     refused: u64,
     malformed: u64,
     firewall_errors: u64,
@@ -491,7 +496,7 @@ impl<S: Spawn> Monitor<'_, S> {
                 continue;
             };
             self.validator
-                .applied(&ftp6proxy_core::FwAction::Close { slot, spec }, true);
+                .applied(&FwAction::Close { slot, spec }, true);
             self.counters.holes_used += 1;
             if let Some(parser) = self.parser.as_mut() {
                 parser
@@ -526,13 +531,15 @@ impl<S: Spawn> Monitor<'_, S> {
         });
         log::info!(
             "monitor uptime={uptime}s holes_open={} requests={} refused={} malformed={} \
-             firewall_errors={} holes_used={} parser_restarts={} worker_restarts={}{queue}",
+             firewall_errors={} holes_used={} closes_left_to_expire={} parser_restarts={} \
+             worker_restarts={}{queue}",
             self.validator.open_holes().len(),
             c.requests,
             c.refused,
             c.malformed,
             c.firewall_errors,
             c.holes_used,
+            c.closes_left_to_expire,
             c.parser_restarts,
             c.worker_restarts
         );
@@ -582,6 +589,19 @@ fn apply(
             request.action.slot()
         );
         return false;
+    }
+    // A close at the deadline of a hole that expires by itself (an nft element's own
+    // timeout: the kernel never matches an expired element) needs no firewall call: under
+    // load it would only queue behind the opens, and most such elements were used up and
+    // are gone anyway. An early close is applied.
+    #[allow(clippy::disallowed_methods)]
+    let at_deadline = validator
+        .deadline(request.action.slot())
+        .is_some_and(|deadline| deadline <= Instant::now() + CLOSE_SLACK);
+    if firewall.holes_expire() && matches!(request.action, FwAction::Close { .. }) && at_deadline {
+        validator.applied(&request.action, true);
+        counters.closes_left_to_expire += 1;
+        return true;
     }
     match firewall.apply(&request.action) {
         Ok(()) => {

@@ -52,6 +52,46 @@ struct Pending {
     action: FwAction,
     /// The packet that waits for it, if one does.
     packet: Option<u64>,
+    /// When it was sent (the packet that caused it had just been read).
+    sent: Instant,
+}
+
+/// How long holes took to open: from reading the announcing packet to the monitor's
+/// answer that the firewall has the hole (the last [`LATENCY_SAMPLES`] opens), for the
+/// status line and `tools/bench`.
+#[derive(Debug, Default)]
+struct HoleLatency {
+    /// Microseconds, oldest first.
+    samples: std::collections::VecDeque<u32>,
+}
+
+/// How many hole latencies the status line's percentiles are taken over.
+const LATENCY_SAMPLES: usize = 1024;
+
+impl HoleLatency {
+    fn record(&mut self, took: std::time::Duration) {
+        if self.samples.len() == LATENCY_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples
+            .push_back(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+    }
+
+    /// `hole_latency_us_p50=A hole_latency_us_p99=B` (nearest rank), or nothing before
+    /// the first hole.
+    fn describe(&self) -> String {
+        if self.samples.is_empty() {
+            return String::new();
+        }
+        let mut sorted: Vec<u32> = self.samples.iter().copied().collect();
+        sorted.sort_unstable();
+        let rank = |p: usize| sorted[(sorted.len() * p).div_ceil(100).max(1) - 1];
+        format!(
+            " hole_latency_us_p50={} hole_latency_us_p99={}",
+            rank(50),
+            rank(99)
+        )
+    }
 }
 
 /// Why [`run`] returned.
@@ -75,6 +115,7 @@ struct Parser {
     /// Packets ready to go on, sent to the worker at the end of each turn.
     passes: Vec<u64>,
     next_request: u32,
+    latency: HoleLatency,
 }
 
 /// Sends one whole message on a blocking link, retrying on EINTR. Both peers always read,
@@ -103,7 +144,16 @@ impl Parser {
     fn submit(&mut self, action: FwAction, packet: Option<u64>) -> nix::Result<()> {
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1);
-        self.pending.insert(id, Pending { action, packet });
+        #[allow(clippy::disallowed_methods)]
+        let sent = Instant::now();
+        self.pending.insert(
+            id,
+            Pending {
+                action,
+                packet,
+                sent,
+            },
+        );
         if let Some(packet) = packet {
             *self.waiting.entry(packet).or_default() += 1;
         }
@@ -136,6 +186,9 @@ impl Parser {
             return;
         };
         if ok {
+            if matches!(pending.action, FwAction::Open { .. }) {
+                self.latency.record(pending.sent.elapsed());
+            }
             self.engine.action_done(pending.action.handle());
         } else {
             self.engine.action_failed(pending.action.handle());
@@ -232,8 +285,9 @@ impl Parser {
                 Ok(FromMonitor::Response { id, ok }) => self.answer(id, ok),
                 Ok(FromMonitor::Used { slot, spec }) => self.engine.hole_used(slot, spec),
                 Ok(FromMonitor::Status) => log::info!(
-                    "{} log_dropped={}",
+                    "{}{} log_dropped={}",
                     status(&self.engine),
+                    self.latency.describe(),
                     super::logging::forward_dropped()
                 ),
                 Ok(FromMonitor::Shutdown) => stop = true,
@@ -305,6 +359,7 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
         waiting: HashMap::new(),
         passes: Vec::new(),
         next_request: 0,
+        latency: HoleLatency::default(),
     };
     let mut packet_buf = vec![0u8; MAX_PACKET_MESSAGE];
     let mut monitor_buf = [0u8; MAX_FROM_MONITOR + 1];
@@ -462,6 +517,7 @@ pub fn run_copies(
         waiting: HashMap::new(),
         passes: Vec::new(),
         next_request: 0,
+        latency: HoleLatency::default(),
     };
     let mut monitor_buf = [0u8; MAX_FROM_MONITOR + 1];
     let mut counters = CopyCounters::default();
@@ -811,6 +867,28 @@ mod tests {
         });
         drop(monitor);
         assert_eq!(thread.join().unwrap(), Ok(Exit::PeerGone));
+    }
+
+    /// The status line's hole latency: nearest-rank percentiles over the last opens.
+    #[test]
+    fn hole_latency_percentiles() {
+        let mut latency = HoleLatency::default();
+        assert_eq!(latency.describe(), "", "nothing before the first hole");
+        for us in 1..=100u64 {
+            latency.record(std::time::Duration::from_micros(us));
+        }
+        assert_eq!(
+            latency.describe(),
+            " hole_latency_us_p50=50 hole_latency_us_p99=99"
+        );
+        for _ in 0..LATENCY_SAMPLES {
+            latency.record(std::time::Duration::from_micros(7));
+        }
+        assert_eq!(
+            latency.describe(),
+            " hole_latency_us_p50=7 hole_latency_us_p99=7",
+            "only the last samples count"
+        );
     }
 
     /// Garbage from either peer is logged and changes nothing; the parser goes on.

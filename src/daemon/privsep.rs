@@ -64,6 +64,11 @@ impl Validator {
         }
     }
 
+    /// The deadline of the hole open in `slot`, if one is.
+    pub fn deadline(&self, slot: Slot) -> Option<Instant> {
+        self.opened.get(&slot).map(|(_, deadline)| *deadline)
+    }
+
     /// How many holes are open, and how many slots there are.
     pub fn usage(&self) -> (usize, usize) {
         (self.opened.len(), usize::from(self.count))

@@ -207,10 +207,11 @@ def test_sigusr1_logs_every_process_status(tmp_path):
             return next(l for l in lines if marker in l)
         engine = line_with("status connections=")
         for field in ["opened=1", "holes=", "evicted=", "reorder_drops=", "fragments=", "gaps=",
-                      "denied_unsolicited="]:
+                      "denied_unsolicited=", "hole_latency_us_p50=", "hole_latency_us_p99="]:
             assert field in engine, (field, engine)
         monitor = line_with("monitor uptime=")
-        for field in ["requests=", "parser_restarts=0", "worker_restarts=0", "queue_dropped="]:
+        for field in ["requests=", "parser_restarts=0", "worker_restarts=0", "queue_dropped=",
+                      "holes_used=", "closes_left_to_expire="]:
             assert field in monitor, (field, monitor)
         worker = line_with("worker held=")
         for field in ["passed_late=", "passed_unread=", "socket_overflows="]:

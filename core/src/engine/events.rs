@@ -194,14 +194,18 @@ impl Event {
             }
             Event::HoleOpen { .. }
             | Event::HoleRearm { .. }
-            | Event::HoleClose { .. }
-            | Event::HoleUsed { .. }
             | Event::TlsStarted { .. }
             | Event::ClearText { .. }
             | Event::Gap { .. }
             | Event::RstIgnored { .. }
             | Event::Evicted { .. } => Level::Info,
-            Event::ConnStart { .. } | Event::ConnEnd { .. } | Event::Line { .. } => Level::Debug,
+            // A hole's end is one line per transfer that adds nothing an administrator
+            // acts on (its open said where and for how long).
+            Event::HoleClose { .. }
+            | Event::HoleUsed { .. }
+            | Event::ConnStart { .. }
+            | Event::ConnEnd { .. }
+            | Event::Line { .. } => Level::Debug,
         }
     }
 }
