@@ -133,10 +133,16 @@ fn open_syslog() {
 
 /// Installs the logger for this process (once, before forking).
 ///
-/// `-d -d` logs everything down to debug on stderr; otherwise info and above go to syslog.
+/// `-d -d` logs everything down to debug on stderr; otherwise info and above go to syslog —
+/// except in the foreground (`-d`) when no syslog daemon listens at start: then to stderr,
+/// where a service manager collects it, rather than nowhere (and rather than a failed
+/// reconnection to the missing socket at every line).
 pub fn init(foreground: Foreground, facility: Facility) {
     let (sink, level) = match foreground {
         Foreground::Debug => (Sink::Stderr, LevelFilter::Debug),
+        Foreground::Yes if !syslog_reachable(std::path::Path::new(SYSLOG_SOCKET)) => {
+            (Sink::Stderr, LevelFilter::Info)
+        }
         Foreground::Yes | Foreground::No => (Sink::Syslog, LevelFilter::Info),
     };
     FACILITY.store(facility.code, Ordering::Relaxed);

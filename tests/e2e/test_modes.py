@@ -109,8 +109,22 @@ def test_each_process_keeps_only_what_it_needs(tmp_path):
         passive_download_works(6)
         r = lab.curl(4, lab.PYFTPD, "hello.txt", "port")
         assert r.returncode == 0, r.stderr
+        # -d logs to syslog, or to stderr when no syslog daemon listens: never nowhere.
+        if not syslog_listening():
+            text = (tmp_path / "daemon.log").read_text()
+            assert "starting: firewall=nft" in text and "hole open" in text, text[-2000:]
     finally:
         stop(proc)
+
+
+def syslog_listening():
+    import socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect("/dev/log")
+        return True
+    except OSError:
+        return False
 
 
 def test_chrooted_worker_still_works(tmp_path):
