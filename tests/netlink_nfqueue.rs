@@ -251,3 +251,32 @@ fn held_packets_are_passed_together() {
         client.join().unwrap().expect("every connect completes");
     }
 }
+
+/// The queue's length is set on purpose (NFQA_CFG_QUEUE_MAXLEN): with room for one packet,
+/// a second SYN finds the queue full and fail-open passes it unseen — its connection
+/// completes without any verdict — while the first waits for its own.
+#[test]
+fn queue_length_is_set_and_a_full_queue_fails_open() {
+    let (_ns, queue) = setup();
+    let addr: SocketAddr = "[2001:db8::1]:2121".parse().unwrap();
+    let listener = TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut q = NfQueue::open_with(queue, 1).unwrap();
+    let first = connect_in_background(addr);
+    let syn = next_packet(&mut q);
+    assert_syn_to_port(&syn, 6);
+    let held = q.hold_current();
+    let second = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(900))
+        .expect("with the queue full, the second SYN passes without a verdict");
+    drop(second);
+    assert!(
+        !first.is_finished(),
+        "the first SYN still waits for its verdict"
+    );
+    q.pass_held(held).unwrap();
+    pump_until_accepted(&mut q, &listener);
+    first
+        .join()
+        .unwrap()
+        .expect("the first connects after its verdict");
+}

@@ -67,6 +67,10 @@ pub const NFQA_CFG_CMD: u16 = 1;
 /// `NFQA_CFG_PARAMS`: struct nfqnl_msg_config_params { __be32 copy_range; u8 copy_mode; }
 /// (packed, 5 bytes).
 pub const NFQA_CFG_PARAMS: u16 = 2;
+/// `NFQA_CFG_QUEUE_MAXLEN` (__be32): how many packets the queue holds before fail-open
+/// passes the rest unseen (net/netfilter/nfnetlink_queue.c `nfqnl_recv_config`; the
+/// kernel's default is 1024, `NFQNL_QMAX_DEFAULT`).
+pub const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
 /// `NFQA_CFG_MASK`: which bits of `NFQA_CFG_FLAGS` to change (__be32); the kernel refuses
 /// flags without a mask.
 pub const NFQA_CFG_MASK: u16 = 4;
@@ -88,6 +92,10 @@ pub const NF_ACCEPT: u32 = 1;
 
 /// The copy range we ask for: the whole packet up to 64 KiB.
 pub const COPY_RANGE: u32 = 0xffff;
+/// The queue's length, set on purpose: four times the kernel's default, so that a burst
+/// the daemon is slow to read waits rather than passing unseen (the worker holds at most
+/// 1024 packets itself; these wait in the kernel behind them).
+pub const QUEUE_MAXLEN: u32 = 4096;
 /// Receive buffer for the queue socket: bursts of control packets must not overflow it.
 pub const RCVBUF_BYTES: usize = 8 << 20;
 /// One datagram holds one packet of at most `COPY_RANGE` bytes plus a few hundred bytes of
@@ -228,6 +236,21 @@ pub fn build_config_params(queue: u16, range: u32, flags: u32, seq: u32) -> Vec<
     b.finish()
 }
 
+/// Builds the config message that sets the queue's length to `maxlen` packets.
+pub fn build_config_maxlen(queue: u16, maxlen: u32, seq: u32) -> Vec<u8> {
+    let mut b = MsgBuilder::new();
+    b.begin(
+        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        libc_af_unspec(),
+        queue,
+    )
+    .attr_be_u32(NFQA_CFG_QUEUE_MAXLEN, maxlen)
+    .end();
+    b.finish()
+}
+
 /// `AF_UNSPEC` as the nfgenmsg family byte (0; queue messages do not depend on it).
 const fn libc_af_unspec() -> u8 {
     0
@@ -270,6 +293,14 @@ impl NfQueue {
     /// With a message naming the likely cause: missing CAP_NET_ADMIN, another process
     /// holding the queue, or a kernel without nfnetlink_queue.
     pub fn open(queue_num: u16) -> io::Result<NfQueue> {
+        Self::open_with(queue_num, QUEUE_MAXLEN)
+    }
+
+    /// [`open`](Self::open) with a queue of `maxlen` packets (tests use a tiny one).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(queue_num: u16, maxlen: u32) -> io::Result<NfQueue> {
         let mut sock = Socket::open().map_err(|e| {
             annotate(
                 e,
@@ -313,6 +344,10 @@ impl NfQueue {
                     &format!("nfqueue {queue_num}: set copy mode and fail-open"),
                 )
             })?;
+        }
+        let seq = sock.next_seq();
+        if let Err(e) = sock.request(&build_config_maxlen(queue_num, maxlen, seq), seq) {
+            log::warn!("nfqueue {queue_num}: cannot set the queue length to {maxlen}: {e}");
         }
         if let Err(e) = sock.set_rcvbuf(RCVBUF_BYTES) {
             log::warn!("nfqueue {queue_num}: cannot enlarge receive buffer: {e}");
