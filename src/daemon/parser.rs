@@ -283,7 +283,13 @@ impl Parser {
             };
             match FromMonitor::decode(&buf[..n]) {
                 Ok(FromMonitor::Response { id, ok }) => self.answer(id, ok),
-                Ok(FromMonitor::Used { slot, spec }) => self.engine.hole_used(slot, spec),
+                // A request for that slot still on its way (a re-arm) puts the hole back:
+                // the monitor takes it as an open, so the engine keeps the slot.
+                Ok(FromMonitor::Used { slot, spec }) => {
+                    if !self.pending.values().any(|p| p.action.slot() == slot) {
+                        self.engine.hole_used(slot, spec);
+                    }
+                }
                 Ok(FromMonitor::Status) => log::info!(
                     "{}{} log_dropped={}",
                     status(&self.engine),
@@ -889,6 +895,68 @@ mod tests {
             " hole_latency_us_p50=7 hole_latency_us_p99=7",
             "only the last samples count"
         );
+    }
+
+    /// A hole found used up while a request for its slot (a re-arm) is on its way to the
+    /// monitor keeps its slot: the monitor takes the re-arm as an open, so freeing the
+    /// slot would leave the engine and the monitor disagreeing.
+    #[test]
+    fn used_report_for_a_slot_with_a_request_in_flight_is_ignored() {
+        let (monitor, parser_end) = crate::daemon::link::seqpacket_pair().unwrap();
+        let mut parser = Parser {
+            engine: Engine::new(Config::default()),
+            monitor: parser_end,
+            worker: None,
+            pending: HashMap::new(),
+            waiting: HashMap::new(),
+            passes: Vec::new(),
+            next_request: 0,
+            latency: HoleLatency::default(),
+        };
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        for (id, bytes) in conversation().iter().enumerate().take(3) {
+            let packet = ToParser {
+                id: id as u64,
+                checksum: Checksum::Verify,
+                bytes,
+            };
+            parser.read_packet(now, packet).unwrap();
+        }
+        let mut buf = [0u8; MAX_TO_MONITOR];
+        let n = recv(monitor.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        let ToMonitor::Request(open) = ToMonitor::decode(&buf[..n]).unwrap() else {
+            panic!("a request")
+        };
+        let (slot, spec) = (open.action.slot(), *open.action.spec());
+        assert_eq!(parser.engine.open_holes(), 1);
+        let mut from = [0u8; MAX_FROM_MONITOR + 1];
+        // The open is not answered yet: the report does not free the slot.
+        order_on(&monitor, FromMonitor::Used { slot, spec });
+        parser.read_monitor(&mut from, &engine_status).unwrap();
+        assert_eq!(
+            parser.engine.open_holes(),
+            1,
+            "kept while the request is in flight"
+        );
+        order_on(
+            &monitor,
+            FromMonitor::Response {
+                id: open.id,
+                ok: true,
+            },
+        );
+        order_on(&monitor, FromMonitor::Used { slot, spec });
+        parser.read_monitor(&mut from, &engine_status).unwrap();
+        assert_eq!(
+            parser.engine.open_holes(),
+            0,
+            "freed once nothing is in flight"
+        );
+    }
+
+    fn order_on(monitor: &OwnedFd, message: FromMonitor) {
+        send(monitor.as_raw_fd(), &message.encode(), MsgFlags::empty()).unwrap();
     }
 
     /// Garbage from either peer is logged and changes nothing; the parser goes on.

@@ -103,10 +103,14 @@ impl Validator {
         // contract). The engine never reuses a busy slot; a parser started after a crash
         // knows nothing of its predecessor's holes, and replacing one only ends it early
         // (with nft the old element even lives on to its own timeout).
+        // A refresh of a free slot is an open (every check above applies): the monitor may
+        // have found the hole used up and forgotten it while the engine, not told yet,
+        // re-armed it for a retransmitted announcement. A refresh or close naming another
+        // hole than the slot holds is refused.
+        let holds = self.opened.get(&slot).map(|(open, _)| open);
         match action {
-            FwAction::Refresh { .. } | FwAction::Close { .. }
-                if self.opened.get(&slot).map(|(open, _)| open) != Some(spec) =>
-            {
+            FwAction::Refresh { .. } if holds.is_none() => Ok(()),
+            FwAction::Refresh { .. } | FwAction::Close { .. } if holds != Some(spec) => {
                 Err(Refused::NotOurs(slot.0))
             }
             _ => Ok(()),
@@ -230,6 +234,26 @@ mod tests {
         );
         v.applied(&close, true);
         assert!(v.open_holes().is_empty());
+        // A refresh of a free slot is an open, with every check of one; of a busy slot,
+        // only with the hole it holds.
+        let refresh = |slot: u16, spec: HoleSpec| FwAction::Refresh {
+            slot: Slot(slot),
+            spec,
+            ttl: Duration::from_secs(2),
+        };
+        assert_eq!(v.check(&refresh(64001, spec6())), Ok(()), "free slot");
+        let low = HoleSpec {
+            dport: 21,
+            ..spec6()
+        };
+        assert_eq!(v.check(&refresh(64001, low)), Err(Refused::LowPort(21)));
+        v.applied(&open(64001, spec6()), true);
+        assert_eq!(v.check(&refresh(64001, spec6())), Ok(()));
+        assert_eq!(
+            v.check(&refresh(64001, spec4())),
+            Err(Refused::NotOurs(64001)),
+            "a busy slot's other hole"
+        );
     }
 
     #[test]
