@@ -41,10 +41,7 @@ pub const NFT_MSG_GETCHAIN: u8 = 4;
 pub const NFT_MSG_NEWRULE: u8 = 6;
 /// `NFT_MSG_GETRULE`.
 pub const NFT_MSG_GETRULE: u8 = 7;
-/// `NFT_MSG_NEWSETELEM`.
-pub const NFT_MSG_NEWSETELEM: u8 = 12;
-/// `NFT_MSG_GETSETELEM`.
-pub const NFT_MSG_GETSETELEM: u8 = 13;
+pub use super::nft::{NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM};
 
 // linux/netfilter.h
 const NFPROTO_INET: u8 = 1;

@@ -197,11 +197,8 @@ pub fn build_verdict_batch(queue: u16, id: u32, seq: u32) -> Vec<u8> {
     build_accept(NFQNL_MSG_VERDICT_BATCH, queue, id, seq)
 }
 
-/// Builds an `NFQA_CFG_CMD` config message (`command` for protocol family `pf`) with ACK.
-pub fn build_config_cmd(queue: u16, command: u8, pf: u16, seq: u32) -> Vec<u8> {
-    let mut cmd = [0u8; 4];
-    cmd[0] = command;
-    cmd[2..].copy_from_slice(&pf.to_be_bytes());
+/// An `NFQNL_MSG_CONFIG` message with ACK for `queue`, its attributes added by `attrs`.
+fn build_config(queue: u16, seq: u32, attrs: impl FnOnce(&mut MsgBuilder)) -> Vec<u8> {
     let mut b = MsgBuilder::new();
     b.begin(
         nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG),
@@ -209,10 +206,20 @@ pub fn build_config_cmd(queue: u16, command: u8, pf: u16, seq: u32) -> Vec<u8> {
         seq,
         libc_af_unspec(),
         queue,
-    )
-    .attr(NFQA_CFG_CMD, &cmd)
-    .end();
+    );
+    attrs(&mut b);
+    b.end();
     b.finish()
+}
+
+/// Builds an `NFQA_CFG_CMD` config message (`command` for protocol family `pf`) with ACK.
+pub fn build_config_cmd(queue: u16, command: u8, pf: u16, seq: u32) -> Vec<u8> {
+    let mut cmd = [0u8; 4];
+    cmd[0] = command;
+    cmd[2..].copy_from_slice(&pf.to_be_bytes());
+    build_config(queue, seq, |b| {
+        b.attr(NFQA_CFG_CMD, &cmd);
+    })
 }
 
 /// Builds the config message that sets copy mode `NFQNL_COPY_PACKET` with `range` bytes and
@@ -221,34 +228,18 @@ pub fn build_config_params(queue: u16, range: u32, flags: u32, seq: u32) -> Vec<
     let mut params = [0u8; 5];
     params[..4].copy_from_slice(&range.to_be_bytes());
     params[4] = NFQNL_COPY_PACKET;
-    let mut b = MsgBuilder::new();
-    b.begin(
-        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG),
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        libc_af_unspec(),
-        queue,
-    )
-    .attr(NFQA_CFG_PARAMS, &params)
-    .attr_be_u32(NFQA_CFG_FLAGS, flags)
-    .attr_be_u32(NFQA_CFG_MASK, flags)
-    .end();
-    b.finish()
+    build_config(queue, seq, |b| {
+        b.attr(NFQA_CFG_PARAMS, &params)
+            .attr_be_u32(NFQA_CFG_FLAGS, flags)
+            .attr_be_u32(NFQA_CFG_MASK, flags);
+    })
 }
 
 /// Builds the config message that sets the queue's length to `maxlen` packets.
 pub fn build_config_maxlen(queue: u16, maxlen: u32, seq: u32) -> Vec<u8> {
-    let mut b = MsgBuilder::new();
-    b.begin(
-        nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG),
-        NLM_F_REQUEST | NLM_F_ACK,
-        seq,
-        libc_af_unspec(),
-        queue,
-    )
-    .attr_be_u32(NFQA_CFG_QUEUE_MAXLEN, maxlen)
-    .end();
-    b.finish()
+    build_config(queue, seq, |b| {
+        b.attr_be_u32(NFQA_CFG_QUEUE_MAXLEN, maxlen);
+    })
 }
 
 /// `AF_UNSPEC` as the nfgenmsg family byte (0; queue messages do not depend on it).
