@@ -116,6 +116,11 @@ struct Parser {
     passes: Vec<u64>,
     next_request: u32,
     latency: HoleLatency,
+    /// The monitor ordered a stop. Kept here, not returned, because any of the readers of
+    /// the monitor's link may be the one that sees the order: one that is only waiting for
+    /// answers must not lose it (a lost order left the parser waiting for it until the
+    /// monitor killed it, with no hand-over and the control channel stalled).
+    stop_ordered: bool,
 }
 
 /// Sends one whole message on a blocking link, retrying on EINTR. Both peers always read,
@@ -140,6 +145,20 @@ pub fn log_event(event: &Event) {
 }
 
 impl Parser {
+    fn new(engine: Engine, monitor: OwnedFd, worker: Option<OwnedFd>) -> Self {
+        Self {
+            engine,
+            monitor,
+            worker,
+            pending: HashMap::new(),
+            waiting: HashMap::new(),
+            passes: Vec::new(),
+            next_request: 0,
+            latency: HoleLatency::default(),
+            stop_ordered: false,
+        }
+    }
+
     /// Sends `action` to the monitor; `packet` (if any) waits for the answer.
     fn submit(&mut self, action: FwAction, packet: Option<u64>) -> nix::Result<()> {
         let id = self.next_request;
@@ -242,44 +261,42 @@ impl Parser {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
-            if self.read_monitor(buf, &engine_status)?.is_none() {
+            if !self.read_monitor(buf, &engine_status)? {
                 return Ok(());
             }
         }
     }
 
-    /// The worker's stream ended before the monitor ordered a stop: either the monitor's
-    /// order is on its way (the worker got SIGTERM first), or the worker died and the
-    /// monitor is about to replace this parser too. Returns whether the order came.
+    /// The worker's stream ended: either the monitor ordered a stop (its order may still
+    /// be on its way: the worker got SIGTERM first), or the worker died and the monitor is
+    /// about to replace this parser too. Returns whether the order came.
     fn await_stop(&mut self, buf: &mut [u8]) -> nix::Result<bool> {
-        loop {
+        while !self.stop_ordered {
             let mut fds = [PollFd::new(self.monitor.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
             }
-            match self.read_monitor(buf, &engine_status)? {
-                Some(true) => return Ok(true),
-                Some(false) => {}
-                None => return Ok(false),
+            if !self.read_monitor(buf, &engine_status)? {
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
     /// Reads every message the monitor has sent: an answer releases the packets waiting
-    /// for it, a used hole frees its slot, a status request logs `status`. Returns whether
-    /// a stop was ordered, or `None` when the monitor is gone.
+    /// for it, a used hole frees its slot, a status request logs `status`, a stop order is
+    /// recorded in `stop_ordered`. Returns whether the monitor is still there.
     fn read_monitor(
         &mut self,
         buf: &mut [u8],
         status: &dyn Fn(&Engine) -> String,
-    ) -> nix::Result<Option<bool>> {
-        let mut stop = false;
+    ) -> nix::Result<bool> {
         loop {
             let n = match read(&self.monitor, buf)? {
                 Read::Message(n) => n,
-                Read::Empty => return Ok(Some(stop)),
-                Read::Gone => return Ok(None),
+                Read::Empty => return Ok(true),
+                Read::Gone => return Ok(false),
             };
             match FromMonitor::decode(&buf[..n]) {
                 Ok(FromMonitor::Response { id, ok }) => self.answer(id, ok),
@@ -296,7 +313,7 @@ impl Parser {
                     self.latency.describe(),
                     super::logging::forward_dropped()
                 ),
-                Ok(FromMonitor::Shutdown) => stop = true,
+                Ok(FromMonitor::Shutdown) => self.stop_ordered = true,
                 Err(e) => log::error!("the monitor sent a {e}"),
             }
         }
@@ -357,27 +374,17 @@ fn read(link: &OwnedFd, buf: &mut [u8]) -> nix::Result<Read> {
 /// When a link fails other than by its peer closing it.
 pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) -> nix::Result<Exit> {
     let Links { worker, monitor } = links;
-    let mut parser = Parser {
-        engine,
-        monitor,
-        worker: Some(worker),
-        pending: HashMap::new(),
-        waiting: HashMap::new(),
-        passes: Vec::new(),
-        next_request: 0,
-        latency: HoleLatency::default(),
-    };
+    let mut parser = Parser::new(engine, monitor, Some(worker));
     let mut packet_buf = vec![0u8; MAX_PACKET_MESSAGE];
     let mut monitor_buf = [0u8; MAX_FROM_MONITOR + 1];
-    // The monitor ordered a stop (SIGTERM): hand over once the worker's stream ends.
-    let mut stopping = false;
     // The worker ended its stream (it stops, or died): no packet comes any more.
     let mut worker_done = false;
     loop {
         if worker_done {
             // Every packet is read and every hole answered (or waited for in vain).
             parser.finish_pending(&mut monitor_buf)?;
-            if !stopping && !parser.await_stop(&mut monitor_buf)? {
+            // A stop hands over once the worker's stream has ended.
+            if !parser.await_stop(&mut monitor_buf)? {
                 return Ok(Exit::PeerGone);
             }
             return parser.finish(handover.take());
@@ -408,9 +415,8 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
         // Answers first: they release packets already waiting. A stop order does not end
         // the loop: the packets the worker read before it stopped are still coming, and
         // each is read, so none goes on unread and the hand-over includes them.
-        match parser.read_monitor(&mut monitor_buf, &engine_status)? {
-            Some(stop) => stopping |= stop,
-            None => return Ok(Exit::PeerGone),
+        if !parser.read_monitor(&mut monitor_buf, &engine_status)? {
+            return Ok(Exit::PeerGone);
         }
         while let Some(worker) = &parser.worker {
             let n = match read(worker, &mut packet_buf)? {
@@ -515,16 +521,7 @@ pub fn run_copies(
     copies: &mut dyn CopySource,
     mut handover: Option<std::fs::File>,
 ) -> nix::Result<Exit> {
-    let mut parser = Parser {
-        engine,
-        monitor,
-        worker: None,
-        pending: HashMap::new(),
-        waiting: HashMap::new(),
-        passes: Vec::new(),
-        next_request: 0,
-        latency: HoleLatency::default(),
-    };
+    let mut parser = Parser::new(engine, monitor, None);
     let mut monitor_buf = [0u8; MAX_FROM_MONITOR + 1];
     let mut counters = CopyCounters::default();
     let mut more = true;
@@ -557,10 +554,9 @@ pub fn run_copies(
         // Copies first: the engine's reaction to a copy is the first thing done with it.
         more = read_copies(&mut parser, copies, &mut counters)?;
         let status = |engine: &Engine| copy_status(engine, copies, &counters);
-        let stopping = match parser.read_monitor(&mut monitor_buf, &status)? {
-            Some(stop) => stop,
-            None => return Ok(Exit::PeerGone),
-        };
+        if !parser.read_monitor(&mut monitor_buf, &status)? {
+            return Ok(Exit::PeerGone);
+        }
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         if parser.engine.poll_timeout().is_some_and(|at| at <= now) {
@@ -577,7 +573,7 @@ pub fn run_copies(
                  announced in them are missed"
             );
         }
-        if stopping {
+        if parser.stop_ordered {
             // The copies made before the order: read them, so the hand-over includes them.
             while read_copies(&mut parser, copies, &mut counters)? {}
             parser.finish_pending(&mut monitor_buf)?;
@@ -713,6 +709,48 @@ mod tests {
             Ok(1),
             "the connection handed over"
         );
+    }
+
+    /// The stop order may reach the parser after the worker's stream has ended, while the
+    /// parser waits for the answer to a hole request (the monitor flushes its order after
+    /// signalling the worker). It must be kept: the parser then hands over and says
+    /// `Closed` at once, instead of waiting for an order it has already read until the
+    /// monitor kills it (seen in CI: a 3 s stall of every control connection, no hand-over,
+    /// and the hole announced just before the stop expired before it was used).
+    #[test]
+    fn stop_order_read_while_waiting_for_an_answer_is_kept() {
+        let (ends, thread) = start(None);
+        let timeout = nix::sys::time::TimeVal::new(5, 0);
+        nix::sys::socket::setsockopt(
+            &ends.monitor,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &timeout,
+        )
+        .unwrap();
+        let packets = conversation();
+        for (id, bytes) in packets.iter().enumerate().take(2) {
+            send_packet(&ends, id as u64, bytes);
+            assert_eq!(passes(&ends), [id as u64]);
+        }
+        send_packet(&ends, 2, &packets[2]);
+        nix::sys::socket::shutdown(ends.worker.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .unwrap();
+        let ToMonitor::Request(request) = next_request(&ends) else {
+            panic!("a request")
+        };
+        // The parser now waits for the answer; the order comes first.
+        order(&ends, FromMonitor::Shutdown);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        order(
+            &ends,
+            FromMonitor::Response {
+                id: request.id,
+                ok: true,
+            },
+        );
+        assert_eq!(passes(&ends), [2], "the EPRT, once its hole is confirmed");
+        assert_eq!(next_request(&ends), ToMonitor::Closed, "the order was kept");
+        assert_eq!(thread.join().unwrap(), Ok(Exit::Shutdown));
     }
 
     #[test]
@@ -903,16 +941,7 @@ mod tests {
     #[test]
     fn used_report_for_a_slot_with_a_request_in_flight_is_ignored() {
         let (monitor, parser_end) = crate::daemon::link::seqpacket_pair().unwrap();
-        let mut parser = Parser {
-            engine: Engine::new(Config::default()),
-            monitor: parser_end,
-            worker: None,
-            pending: HashMap::new(),
-            waiting: HashMap::new(),
-            passes: Vec::new(),
-            next_request: 0,
-            latency: HoleLatency::default(),
-        };
+        let mut parser = Parser::new(Engine::new(Config::default()), parser_end, None);
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         for (id, bytes) in conversation().iter().enumerate().take(3) {
