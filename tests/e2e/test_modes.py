@@ -372,6 +372,7 @@ def test_restarts_under_load_lose_no_transfer(tmp_path):
     without bypass a packet sent while no instance is bound is sent again by TCP."""
     import threading
     pidfile = tmp_path / "ftp6proxy.pid"
+    state = tmp_path / "ftp6proxy.state"
     # Four loops reach 80 transfers a second here: more than -c 100 slots held for -t 2 s
     # each can serve (50 a second). Slot sizing is not what this test is about.
     argv = [str(lab.daemon_binary()), "-i", str(pidfile), "-c", "1000", *BASE_ARGS]
@@ -397,9 +398,13 @@ def test_restarts_under_load_lose_no_transfer(tmp_path):
         for t in loops:
             t.start()
         try:
-            for _ in range(6):
+            for n in range(6):
                 time.sleep(1.0)
                 stop_detached(pid, pidfile)
+                # Each stop hands its connections over. A stop that stalled until the
+                # monitor killed its parser left the file empty (a CI failure: the
+                # parser lost the stop order, and a PORT's hole expired in the stall).
+                assert state.stat().st_size > 0, f"stop {n + 1} handed nothing over"
                 pid = launch_detached(argv, pidfile)
             time.sleep(1.0)
         finally:
