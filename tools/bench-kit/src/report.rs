@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::stats::median;
 
-/// Contender keys in column order, with their labels. `nflog` is the slot for copy mode.
+/// Contender keys in column order, with their labels (`nflog`: copy mode).
 pub const CONTENDERS: [(&str, &str); 4] = [
     ("kernel", "kernel helper"),
     ("floor", "NFQUEUE floor"),
@@ -188,7 +188,7 @@ pub fn table(r: &Results) -> String {
         let _ = write!(s, "| {label} |");
         for (c, _) in CONTENDERS {
             let cell = if c == "nflog" && r.get(c, &key).is_none() {
-                "not yet".into()
+                "not run".into()
             } else {
                 fmt(r.get(c, &key))
             };
@@ -393,7 +393,11 @@ pub fn markdown(r: &Results, page: &Page<'_>) -> String {
          `delete @ftp6proxy6` rule of nftables.conf.sample). `-c` is large so that slots \
          are never what limits: the kernel helper does thousands of transfers a second here, \
          and a slot is freed only when the monitor sees its element gone.\n\
-         - **copy mode (nflog)**: not implemented yet; its column is the slot for it.\n\
+         - **ftp6proxy copy (nflog)**: the same daemon and flags with `--intercept nflog`, \
+         fed by iptables `-j NFLOG --nflog-group` rules in mangle FORWARD instead of the \
+         queue: every packet goes on at once and the hole follows it. A data connection's \
+         first SYN that overtakes its hole is dropped and sent again by TCP about 1 s \
+         later (the copy-mode race, ftp6proxy(8)): that shows in its transfers/s.\n\
          - **Load generator** (`f6pb-load`): threads with logged-in control connections, no \
          process per transfer. Transfers alternate passive (EPSV) and active (EPRT) downloads \
          of a 3.9 KB file; a probe session sends a NOOP every 2 ms meanwhile (NOOP under \
@@ -483,7 +487,10 @@ mod tests {
     fn table_marks_the_copy_mode_slot() {
         let t = table(&sample());
         assert!(t.contains("ftp6proxy copy (nflog)"));
-        assert!(t.contains("not yet"));
+        assert!(
+            t.contains("not run"),
+            "a contender left out is marked, not blank"
+        );
         let (data, measured) = plot_data(&sample());
         assert_eq!(measured, ["kernel", "floor", "ftp6proxy"]);
         assert_eq!(data.lines().count(), 4);
