@@ -4,7 +4,8 @@
 //! Owns the netlink wire format (message headers, `nfgenmsg`, attribute TLVs, `NLMSG_ERROR`
 //! acknowledgements) and one thin socket type. Knows nothing about queues, tables or sets:
 //! [`crate::intercept::nfqueue`] and [`crate::firewall::nft`] build their messages with
-//! [`MsgBuilder`] and read the kernel's answers with [`messages`] and [`attrs`].
+//! [`MsgBuilder`] and read the kernel's answers with [`messages`] and [`attrs`]; the NFQUEUE
+//! intercept and the NFLOG copy source read their packet datagrams with [`Datagram`].
 //!
 //! Contract: every parser here is bounds-checked and returns [`ParseError`] on short or
 //! inconsistent input; nothing panics on bytes that came from the kernel. The builders only
@@ -652,6 +653,148 @@ impl AsRawFd for RecvOnly {
     }
 }
 
+/// One received datagram, read a message at a time: the receive side that the NFQUEUE
+/// intercept and the NFLOG copy source share. It walks the messages (the kernel packs
+/// several into one datagram), answers the kernel's errors and end-of-batch markers, and
+/// counts and logs what cannot be parsed and what the socket lost, each under `label`
+/// (`nfqueue 10004`). Its users differ only in the message type they want and what they
+/// read from it.
+#[derive(Debug)]
+pub struct Datagram {
+    label: String,
+    /// What an overflow of the socket means to its reader, for the warning.
+    lost_means: &'static str,
+    /// What an error message from the kernel means to its reader, for the warning.
+    error_means: &'static str,
+    buf: Vec<u8>,
+    /// The datagram is `buf[..len]`; the next message to read starts at `next`.
+    len: usize,
+    next: usize,
+    malformed: u64,
+    overflows: u64,
+}
+
+impl Datagram {
+    /// A reader with room for datagrams of `size` bytes. `lost_means` ends the overflow
+    /// warning ("packets passed unseen"), `error_means` starts the kernel-error one
+    /// ("kernel refused a verdict").
+    pub fn new(
+        label: String,
+        size: usize,
+        lost_means: &'static str,
+        error_means: &'static str,
+    ) -> Datagram {
+        Datagram {
+            label,
+            lost_means,
+            error_means,
+            buf: vec![0; size],
+            len: 0,
+            next: 0,
+            malformed: 0,
+            overflows: 0,
+        }
+    }
+
+    /// Messages (or datagrams) that could not be parsed and were skipped.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// How often the socket overflowed (ENOBUFS).
+    pub fn overflows(&self) -> u64 {
+        self.overflows
+    }
+
+    /// The next message of type `wanted` in the datagram: the range of its payload, for
+    /// [`Datagram::bytes`]. Other messages are dealt with on the way; a message whose
+    /// framing is broken ends the datagram (nothing after it can be found).
+    pub fn next_of(&mut self, wanted: u16) -> Option<std::ops::Range<usize>> {
+        while self.next < self.len {
+            let base = self.next;
+            let msg = match messages(&self.buf[base..self.len]).next()? {
+                Ok(msg) => msg,
+                Err(e) => {
+                    self.skip_malformed(&format_args!("{e}; rest of datagram skipped"));
+                    self.next = self.len;
+                    return None;
+                }
+            };
+            // This message's end: header and payload, then the alignment.
+            self.next = (base + align4(NLMSG_HDRLEN + msg.payload.len())).min(self.len);
+            match msg.ty {
+                t if t == wanted => {
+                    let start = base + NLMSG_HDRLEN;
+                    return Some(start..start + msg.payload.len());
+                }
+                NLMSG_ERROR => match parse_error(msg.payload) {
+                    Ok(0) => {}
+                    Ok(errno) => log::warn!(
+                        "{}: {}: {}",
+                        self.label,
+                        self.error_means,
+                        io::Error::from_raw_os_error(errno)
+                    ),
+                    Err(e) => self.skip_malformed(&e),
+                },
+                // A batch of several messages may end with NLMSG_DONE.
+                NLMSG_NOOP | NLMSG_DONE => {}
+                other => log::debug!("{}: ignoring message type {other}", self.label),
+            }
+        }
+        None
+    }
+
+    /// The bytes of a range from [`Datagram::next_of`] (or [`Datagram::offset_of`]).
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// Where `part`, a sub-slice of [`Datagram::bytes`], starts in the datagram.
+    pub fn offset_of(&self, part: &[u8]) -> usize {
+        (part.as_ptr() as usize).saturating_sub(self.buf.as_ptr() as usize)
+    }
+
+    /// Counts one message its reader could not parse, and says so.
+    pub fn skip_malformed(&mut self, why: &dyn std::fmt::Display) {
+        self.malformed += 1;
+        log::warn!("{}: {why}", self.label);
+    }
+
+    /// Reads the next datagram with `recv` (a non-blocking receive into the buffer).
+    /// Returns `false` when nothing waits; an overflow, a datagram cut short or a signal
+    /// is counted and logged, and `true` returned: read on.
+    ///
+    /// # Errors
+    /// Any other receive error.
+    pub fn refill(
+        &mut self,
+        recv: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<bool> {
+        self.len = 0;
+        self.next = 0;
+        match recv(&mut self.buf) {
+            Ok(n) => self.len = n.min(self.buf.len()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                self.overflows += 1;
+                log::warn!(
+                    "{}: receive buffer overflowed ({} times); {}",
+                    self.label,
+                    self.overflows,
+                    self.lost_means
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                self.skip_malformed(&format_args!("{e}; skipped"));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        Ok(true)
+    }
+}
+
 fn recv_datagram(fd: &OwnedFd, buf: &mut [u8], dontwait: bool) -> io::Result<usize> {
     let flags = libc::MSG_TRUNC | if dontwait { libc::MSG_DONTWAIT } else { 0 };
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
@@ -689,6 +832,97 @@ fn socklen_of<T>() -> libc::socklen_t {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A raw message of type `ty` with `payload` (host-order header, padded to 4).
+    fn raw_msg(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(NLMSG_HDRLEN + payload.len()).unwrap();
+        let mut m = Vec::new();
+        m.extend_from_slice(&len.to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(payload);
+        m.resize(align4(m.len()), 0);
+        m
+    }
+
+    fn reader_with(bytes: &[u8]) -> Datagram {
+        let mut d = Datagram::new("test 1".into(), 256, "lost", "kernel said");
+        assert!(d
+            .refill(|buf| {
+                buf[..bytes.len()].copy_from_slice(bytes);
+                Ok(bytes.len())
+            })
+            .unwrap());
+        d
+    }
+
+    /// The shared reader finds every wanted message of a datagram in order, past the
+    /// kernel's acknowledgements, errors, NOOP and DONE, and gives each payload's range.
+    #[test]
+    fn datagram_yields_the_wanted_messages_past_the_others() {
+        const WANTED: u16 = 0x0300;
+        let mut bytes = raw_msg(WANTED, b"first");
+        bytes.extend(raw_msg(NLMSG_ERROR, &0i32.to_ne_bytes()));
+        bytes.extend(raw_msg(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes()));
+        bytes.extend(raw_msg(NLMSG_NOOP, b""));
+        bytes.extend(raw_msg(0x0999, b"other"));
+        bytes.extend(raw_msg(WANTED, b"second"));
+        bytes.extend(raw_msg(NLMSG_DONE, b""));
+        let mut d = reader_with(&bytes);
+        let first = d.next_of(WANTED).expect("first");
+        assert_eq!(d.bytes(first.clone()), b"first");
+        assert_eq!(d.offset_of(d.bytes(first.clone())), first.start);
+        let range = d.next_of(WANTED).expect("second");
+        assert_eq!(d.bytes(range), b"second");
+        assert_eq!(d.next_of(WANTED), None);
+        assert_eq!(d.malformed(), 0);
+    }
+
+    /// Broken framing ends the datagram (nothing after it can be trusted to start a
+    /// message) and is counted; the next datagram is read as usual.
+    #[test]
+    fn datagram_with_broken_framing_is_counted_and_left() {
+        const WANTED: u16 = 0x0300;
+        let mut bytes = raw_msg(WANTED, b"ok");
+        let mut broken = raw_msg(WANTED, b"cut");
+        broken[0] = 200; // longer than what follows
+        bytes.extend(broken);
+        bytes.extend(raw_msg(WANTED, b"unreachable"));
+        let mut d = reader_with(&bytes);
+        let range = d.next_of(WANTED).unwrap();
+        assert_eq!(d.bytes(range), b"ok");
+        assert_eq!(d.next_of(WANTED), None);
+        assert_eq!(d.malformed(), 1);
+        let again = raw_msg(WANTED, b"next");
+        assert!(d
+            .refill(|buf| {
+                buf[..again.len()].copy_from_slice(&again);
+                Ok(again.len())
+            })
+            .unwrap());
+        let range = d.next_of(WANTED).unwrap();
+        assert_eq!(d.bytes(range), b"next");
+    }
+
+    /// Nothing waiting stops the caller's loop; an overflow, a cut datagram or a signal
+    /// is counted where it counts and the caller reads on; other errors are returned.
+    #[test]
+    fn datagram_refill_outcomes() {
+        let mut d = Datagram::new("test 1".into(), 64, "lost", "kernel said");
+        let err = |code| move |_: &mut [u8]| Err(io::Error::from_raw_os_error(code));
+        assert!(!d.refill(err(libc::EAGAIN)).unwrap());
+        assert!(d.refill(err(libc::ENOBUFS)).unwrap());
+        assert!(d.refill(err(libc::EINTR)).unwrap());
+        assert!(d
+            .refill(|_| Err(io::Error::new(io::ErrorKind::InvalidData, "cut")))
+            .unwrap());
+        assert_eq!((d.overflows(), d.malformed()), (1, 1));
+        assert_eq!(
+            d.refill(err(libc::EBADF)).unwrap_err().raw_os_error(),
+            Some(libc::EBADF)
+        );
+        assert_eq!(d.next_of(1), None, "a failed read leaves no datagram");
+    }
 
     #[test]
     fn builder_lays_out_header_nfgenmsg_and_padded_attrs() {

@@ -38,8 +38,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::{CopyMeta, CopySource, PacketCopy};
 use crate::netlink::{
-    self, attrs, messages, nfnl_type, split_nfgenmsg, MsgBuilder, ParseError, RecvOnly, Socket,
-    NFNL_SUBSYS_ULOG, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_ACK, NLM_F_REQUEST,
+    attrs, nfnl_type, split_nfgenmsg, Datagram, MsgBuilder, ParseError, RecvOnly, Socket,
+    NFNL_SUBSYS_ULOG, NLM_F_ACK, NLM_F_REQUEST,
 };
 use ftp6proxy_core::engine::Checksum;
 
@@ -257,13 +257,8 @@ struct Current {
 pub struct NfLog {
     sock: RecvOnly,
     group: u16,
-    buf: Vec<u8>,
-    /// The received datagram is `buf[..len]`; the next message to parse starts at `next`.
-    len: usize,
-    next: usize,
-    enobufs: u64,
+    datagram: Datagram,
     gaps: SeqGaps,
-    malformed: u64,
 }
 
 impl NfLog {
@@ -313,12 +308,13 @@ impl NfLog {
         NfLog {
             sock,
             group,
-            buf: vec![0; RECV_BUF_BYTES],
-            len: 0,
-            next: 0,
-            enobufs: 0,
+            datagram: Datagram::new(
+                format!("nflog {group}"),
+                RECV_BUF_BYTES,
+                "copies lost",
+                "kernel reported",
+            ),
             gaps: SeqGaps::default(),
-            malformed: 0,
         }
     }
 
@@ -341,80 +337,41 @@ impl NfLog {
 
     /// How often the socket overflowed (ENOBUFS).
     pub fn overflows(&self) -> u64 {
-        self.enobufs
+        self.datagram.overflows()
     }
 
     /// How many messages could not be parsed and were skipped.
     pub fn malformed(&self) -> u64 {
-        self.malformed
+        self.datagram.malformed()
     }
 
     /// Finds the next packet message in the current datagram.
     fn next_in_datagram(&mut self) -> Option<Current> {
-        while self.next < self.len {
-            let base = self.next;
-            let Some(msg) = messages(&self.buf[base..self.len]).next() else {
-                break;
-            };
-            let msg = match msg {
-                Ok(msg) => msg,
-                Err(e) => {
-                    self.malformed += 1;
-                    log::warn!("nflog {}: {e}; rest of datagram skipped", self.group);
-                    self.next = self.len;
-                    break;
-                }
-            };
-            let msg_len = netlink::NLMSG_HDRLEN + msg.payload.len();
-            self.next = (base + netlink::align4(msg_len)).min(self.len);
-            match msg.ty {
-                t if t == nfnl_type(NFNL_SUBSYS_ULOG, NFULNL_MSG_PACKET) => {
-                    match parse_packet_msg(msg.payload) {
-                        Ok(p) => {
-                            if let Some(seq) = p.seq {
-                                self.gaps.see(seq);
-                            }
-                            let start = offset_in(&self.buf, p.payload);
-                            return Some(Current {
-                                payload: start..start + p.payload.len(),
-                                meta: CopyMeta {
-                                    hook: Some(p.hook),
-                                    indev: p.indev,
-                                    outdev: p.outdev,
-                                    ..CopyMeta::default()
-                                },
-                            });
-                        }
-                        Err(e) => {
-                            self.malformed += 1;
-                            log::warn!("nflog {}: {e}; message skipped", self.group);
-                        }
+        let packet = nfnl_type(NFNL_SUBSYS_ULOG, NFULNL_MSG_PACKET);
+        while let Some(range) = self.datagram.next_of(packet) {
+            match parse_packet_msg(self.datagram.bytes(range)) {
+                Ok(p) => {
+                    if let Some(seq) = p.seq {
+                        self.gaps.see(seq);
                     }
+                    let start = self.datagram.offset_of(p.payload);
+                    return Some(Current {
+                        payload: start..start + p.payload.len(),
+                        meta: CopyMeta {
+                            hook: Some(p.hook),
+                            indev: p.indev,
+                            outdev: p.outdev,
+                            ..CopyMeta::default()
+                        },
+                    });
                 }
-                NLMSG_ERROR => match netlink::parse_error(msg.payload) {
-                    Ok(0) => {}
-                    Ok(errno) => log::warn!(
-                        "nflog {}: kernel reported {}",
-                        self.group,
-                        io::Error::from_raw_os_error(errno)
-                    ),
-                    Err(e) => {
-                        self.malformed += 1;
-                        log::warn!("nflog {}: {e}", self.group);
-                    }
-                },
-                // A batch of several copies ends with NLMSG_DONE (`__nfulnl_send`).
-                NLMSG_NOOP | NLMSG_DONE => {}
-                other => log::debug!("nflog {}: ignoring message type {other}", self.group),
+                Err(e) => self
+                    .datagram
+                    .skip_malformed(&format_args!("{e}; message skipped")),
             }
         }
         None
     }
-}
-
-/// Where `part` (a sub-slice of `whole`) starts in `whole`.
-fn offset_in(whole: &[u8], part: &[u8]) -> usize {
-    (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize)
 }
 
 impl CopySource for NfLog {
@@ -427,32 +384,15 @@ impl CopySource for NfLog {
         loop {
             if let Some(current) = self.next_in_datagram() {
                 return Ok(Some(PacketCopy {
-                    bytes: &self.buf[current.payload],
+                    bytes: self.datagram.bytes(current.payload),
                     checksum: Checksum::NotReady,
                     meta: current.meta,
                 }));
             }
-            self.len = 0;
-            self.next = 0;
-            match self.sock.recv(&mut self.buf, true) {
-                Ok(n) => self.len = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    // The kernel could not deliver a batch: those copies are gone (the
-                    // sequence numbers will show how many). Count it and read on.
-                    self.enobufs += 1;
-                    log::warn!(
-                        "nflog {}: receive buffer overflowed ({} times); copies lost",
-                        self.group,
-                        self.enobufs
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    self.malformed += 1;
-                    log::warn!("nflog {}: {e}; skipped", self.group);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            // The kernel could not deliver a batch at an overflow: those copies are gone
+            // (the sequence numbers will show how many).
+            if !self.datagram.refill(|buf| self.sock.recv(buf, true))? {
+                return Ok(None);
             }
         }
     }

@@ -17,8 +17,8 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use super::{Intercept, Packet};
 use crate::netlink::{
-    self, attrs, messages, nfnl_type, split_nfgenmsg, MsgBuilder, ParseError, Socket,
-    NFNL_SUBSYS_QUEUE, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLM_F_ACK, NLM_F_REQUEST,
+    attrs, nfnl_type, split_nfgenmsg, Datagram, MsgBuilder, ParseError, Socket, NFNL_SUBSYS_QUEUE,
+    NLM_F_ACK, NLM_F_REQUEST,
 };
 use ftp6proxy_core::engine::Checksum;
 
@@ -264,13 +264,8 @@ struct Current {
 pub struct NfQueue {
     sock: Socket,
     queue: u16,
-    buf: Vec<u8>,
-    /// The received datagram is `buf[..len]`; the next message to parse starts at `next`.
-    len: usize,
-    next: usize,
+    datagram: Datagram,
     current: Option<Current>,
-    enobufs: u64,
-    malformed: u64,
     /// A dead reader may have left packets held: release them before the next verdict.
     adopting: bool,
 }
@@ -348,12 +343,15 @@ impl NfQueue {
         Ok(NfQueue {
             sock,
             queue: queue_num,
-            buf: vec![0; RECV_BUF_BYTES],
-            len: 0,
-            next: 0,
+            // The socket overflowed: fail-open made the kernel accept what it could not
+            // queue. Nothing is lost on our side, so it is counted and read on.
+            datagram: Datagram::new(
+                format!("nfqueue {queue_num}"),
+                RECV_BUF_BYTES,
+                "packets passed unseen",
+                "kernel refused a verdict",
+            ),
             current: None,
-            enobufs: 0,
-            malformed: 0,
             adopting: false,
         })
     }
@@ -374,12 +372,12 @@ impl NfQueue {
     /// How often the socket overflowed (ENOBUFS): each time, queued packets were accepted
     /// without us seeing them (fail-open).
     pub fn overflows(&self) -> u64 {
-        self.enobufs
+        self.datagram.overflows()
     }
 
     /// How many messages could not be parsed and were skipped.
     pub fn malformed(&self) -> u64 {
-        self.malformed
+        self.datagram.malformed()
     }
 
     fn verdict(&mut self, id: u32) -> io::Result<()> {
@@ -390,64 +388,24 @@ impl NfQueue {
     /// Finds the next packet message in the current datagram; returns its id, payload
     /// range (within `buf`) and checksum flag.
     fn next_in_datagram(&mut self) -> Option<Current> {
-        while self.next < self.len {
-            let rest = &self.buf[self.next..self.len];
-            let base = self.next;
-            let Some(msg) = messages(rest).next() else {
-                break;
-            };
-            let msg = match msg {
-                Ok(msg) => msg,
-                Err(e) => {
-                    self.malformed += 1;
-                    log::warn!("nfqueue {}: {e}; rest of datagram skipped", self.queue);
-                    self.next = self.len;
-                    break;
+        let packet = nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_PACKET);
+        while let Some(range) = self.datagram.next_of(packet) {
+            match parse_packet_msg(self.datagram.bytes(range)) {
+                Ok(p) => {
+                    let start = self.datagram.offset_of(p.payload);
+                    return Some(Current {
+                        id: p.id,
+                        payload: start..start + p.payload.len(),
+                        checksum_ready: p.checksum_ready(),
+                    });
                 }
-            };
-            // Offset of this message's end: header + payload, then alignment.
-            let msg_len = netlink::NLMSG_HDRLEN + msg.payload.len();
-            self.next = (base + netlink::align4(msg_len)).min(self.len);
-            match msg.ty {
-                t if t == nfnl_type(NFNL_SUBSYS_QUEUE, NFQNL_MSG_PACKET) => {
-                    match parse_packet_msg(msg.payload) {
-                        Ok(p) => {
-                            let start = offset_in(&self.buf, p.payload);
-                            return Some(Current {
-                                id: p.id,
-                                payload: start..start + p.payload.len(),
-                                checksum_ready: p.checksum_ready(),
-                            });
-                        }
-                        Err(e) => {
-                            self.malformed += 1;
-                            log::warn!("nfqueue {}: {e}; message skipped", self.queue);
-                        }
-                    }
-                }
-                NLMSG_ERROR => match netlink::parse_error(msg.payload) {
-                    Ok(0) => {}
-                    Ok(errno) => log::warn!(
-                        "nfqueue {}: kernel refused a verdict: {}",
-                        self.queue,
-                        io::Error::from_raw_os_error(errno)
-                    ),
-                    Err(e) => {
-                        self.malformed += 1;
-                        log::warn!("nfqueue {}: {e}", self.queue);
-                    }
-                },
-                NLMSG_NOOP | NLMSG_DONE => {}
-                other => log::debug!("nfqueue {}: ignoring message type {other}", self.queue),
+                Err(e) => self
+                    .datagram
+                    .skip_malformed(&format_args!("{e}; message skipped")),
             }
         }
         None
     }
-}
-
-/// Where `part` (a sub-slice of `whole`) starts in `whole`.
-fn offset_in(whole: &[u8], part: &[u8]) -> usize {
-    (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize)
 }
 
 impl Intercept for NfQueue {
@@ -471,31 +429,12 @@ impl Intercept for NfQueue {
                 };
                 self.current = Some(current);
                 return Ok(Some(Packet {
-                    bytes: &self.buf[range],
+                    bytes: self.datagram.bytes(range),
                     checksum,
                 }));
             }
-            self.len = 0;
-            self.next = 0;
-            match self.sock.recv(&mut self.buf, true) {
-                Ok(n) => self.len = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    // The socket overflowed; fail-open made the kernel accept what it could
-                    // not queue. Nothing is lost on our side, so count it and read on.
-                    self.enobufs += 1;
-                    log::warn!(
-                        "nfqueue {}: receive buffer overflowed ({} times); packets passed unseen",
-                        self.queue,
-                        self.enobufs
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    self.malformed += 1;
-                    log::warn!("nfqueue {}: {e}; skipped", self.queue);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            if !self.datagram.refill(|buf| self.sock.recv(buf, true))? {
+                return Ok(None);
             }
         }
     }
@@ -505,7 +444,7 @@ impl Intercept for NfQueue {
     }
 
     fn overflows(&self) -> u64 {
-        self.enobufs
+        self.datagram.overflows()
     }
 
     fn pass_current(&mut self) -> io::Result<()> {
