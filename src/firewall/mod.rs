@@ -16,6 +16,8 @@ pub mod ipfw;
 #[cfg(target_os = "linux")]
 pub mod nft;
 #[cfg(target_os = "linux")]
+pub mod nft_msg;
+#[cfg(target_os = "linux")]
 pub mod nft_ruleset;
 pub mod pf;
 

@@ -41,7 +41,7 @@ pub const NFT_MSG_GETCHAIN: u8 = 4;
 pub const NFT_MSG_NEWRULE: u8 = 6;
 /// `NFT_MSG_GETRULE`.
 pub const NFT_MSG_GETRULE: u8 = 7;
-pub use super::nft::{NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM};
+pub use super::nft_msg::{NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM};
 
 // linux/netfilter.h
 const NFPROTO_INET: u8 = 1;
