@@ -50,8 +50,8 @@ pub fn open_copy_source(settings: &Settings, target: Option<&Target>) -> anyhow:
         "--intercept {}: not a copy source of Linux",
         settings.intercept.name()
     );
-    in_target(target, || NfLog::bind(settings.port))?
-        .with_context(|| format!("bind NFLOG group {}", settings.port))
+    // NfLog::bind names the group and the step that failed: no second context.
+    Ok(in_target(target, || NfLog::bind(settings.port))??)
 }
 
 /// The firewall backend from `--firewall`, talking to the namespace of `-j`.
