@@ -44,13 +44,13 @@ const STOP_GRACE: Duration = Duration::from_millis(3000);
 /// fresh parser that knows nothing of it). Invariant 6: none stays forever.
 const OVERDUE_GRACE: Duration = Duration::from_secs(2);
 
-/// How often, while holes are open, the firewall is asked which of them their data
-/// connections used up (nft: consumed by the hole rule), so their slots free at once:
-/// every [`USE_CHECK`], and every [`USE_CHECK_BUSY`] while three quarters of the slots
-/// are taken (one dump of the sets each time: a few tens of microseconds).
+/// How close to its deadline a hole is left out of the check for used holes (see
+/// [`Monitor::reclaim_used`]). While holes are open the firewall is asked which of them
+/// their data connections used (nft: consumed by the hole rule; ipfw: its rule counted the
+/// SYN; pf: its anchor's rules made states), so their slots free at once, as often as
+/// [`Firewall::use_check_periods`] says (nft: every 100 ms, every 5 ms while three
+/// quarters of the slots are taken: one dump of the sets, a few tens of microseconds).
 const USE_CHECK: Duration = Duration::from_millis(100);
-/// See [`USE_CHECK`].
-const USE_CHECK_BUSY: Duration = Duration::from_millis(5);
 
 /// How often the intercept's drop counters are looked at.
 const OVERFLOW_CHECK: Duration = Duration::from_secs(5);
@@ -147,10 +147,11 @@ pub fn run<S: Spawn>(
             .map(|at| at.saturating_duration_since(Instant::now()));
         let (open_holes, slots) = monitor.validator.usage();
         let watching_use = monitor.firewall.reports_use() && open_holes > 0;
+        let (idle_period, busy_period) = monitor.firewall.use_check_periods();
         let use_period = if open_holes * 4 >= slots * 3 {
-            USE_CHECK_BUSY
+            busy_period
         } else {
-            USE_CHECK
+            idle_period
         };
         // The period follows the load: a check falls due `use_period` after the last one.
         let use_due = watching_use.then(|| last_use_check + use_period);
@@ -158,7 +159,7 @@ pub fn run<S: Spawn>(
             (Some(_), _, _) => PollTimeout::from(50u16),
             _ if watching_use => {
                 #[allow(clippy::disallowed_methods)]
-                let left = use_due.map_or(USE_CHECK, |due| {
+                let left = use_due.map_or(idle_period, |due| {
                     due.saturating_duration_since(Instant::now())
                 });
                 PollTimeout::from(u16::try_from(left.as_millis().max(1)).unwrap_or(100))
@@ -469,7 +470,10 @@ impl<S: Spawn> Monitor<'_, S> {
     /// them and the parser is told, so the engine can give the slot to the next
     /// announcement instead of waiting for the deadline (issue 10: enough slots). Holes
     /// within [`USE_CHECK`] of their deadline are left alone: their element may have
-    /// timed out instead, and the engine closes them anyway.
+    /// timed out instead, and the engine closes them anyway (ipfw, pf: that close removes
+    /// the rule). The firewall removes what is left of each used hole itself
+    /// ([`Firewall::used`]). A re-arm (refresh) of a slot forgotten here is taken as an
+    /// open by the validator, and the ipfw and pf backends install the hole again.
     fn reclaim_used(&mut self, now: Instant) {
         let holes: Vec<(Slot, HoleSpec)> = self
             .validator

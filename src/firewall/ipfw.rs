@@ -19,6 +19,27 @@
 //! hole after `-t` seconds therefore needs that sysctl; [`Ipfw::check`] insists on it unless
 //! [`IpfwConfig::allow_dyn_drop`] says the operator knows (e.g. transfers shorter than `-t`).
 //!
+//! # Freeing a slot on use
+//! A hole's rule counts the packets it decides: sys/netpfil/ipfw/ip_fw2.c `ipfw_chk` adds
+//! the packet to the counter of the rule it ends on (`IPFW_INC_RULE_COUNTER` once `done`),
+//! and with `setup` only a SYN reaches our rule's action, after `O_KEEP_STATE` installed
+//! its dynamic state (`ipfw_dyn_install_state`; should that fail, the SYN is denied and
+//! still counted, the state table being full: then the retried SYN finds no hole, as it
+//! would find a full table). So a packet counter above 0 means the data connection came,
+//! and [`Ipfw::used`] deletes the rule at once, so that no second connection gets through
+//! it and the slot is free for the next announcement. All counters of the range come from
+//! one `ipfw -S show LO-HI` per check ([`show_args`], [`parse_show`]).
+//!
+//! This needs the states to outlive their rule: sys/netpfil/ipfw/ip_fw_dynamic.c
+//! `dyn_match_ipv4_state` / `dyn_match_ipv6_state` leave a state matched by a rule
+//! deletion in place when `dyn_keep_states` is set, taking a reference on the deleted rule
+//! (`dyn_acquire_rule`), which the state goes on running; with it unset
+//! `dyn_expire_states` unlinks the state with the rule. So use is reported only when
+//! [`Ipfw::check`] found `net.inet.ip.fw.dyn_keep_states=1`. With
+//! `--ipfw-allow-state-loss` and the sysctl at 0, deleting the rule early would cut the
+//! transfer that just started, so such holes keep their slot to the deadline, as before
+//! (their transfers are meant to end within `-t` anyway).
+//!
 //! # `-q N`: dummynet queue
 //! With a queue the hole rule's action is `queue N` instead of `allow`:
 //! `ipfw add 64003 queue 5 tcp from A to B dst-port P setup keep-state // ftp6proxy`.
@@ -34,6 +55,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ftp6proxy_core::{FwAction, HoleSpec, Slot};
 
@@ -187,6 +209,17 @@ pub fn list_args(base: u16, end: u16) -> Vec<String> {
     vec!["-S".to_owned(), "list".to_owned(), format!("{base}-{end}")]
 }
 
+/// `ipfw -S show 64000-64099`
+///
+/// `show` is `list` with each rule's packet and byte counters (sbin/ipfw/main.c
+/// `ipfw_main`: "show" calls `ipfw_list(ac, av, 1 /* show counters */)`). A range
+/// `LO-HI` is one argument (sbin/ipfw/ipfw2.c `ipfw_list` and `ipfw_show_config` read the
+/// number after a `-` with strtoul), and the kernel is asked for that range only
+/// (`ipfw_get_config`: `start_rule`, `end_rule`). `-S` as in [`list_args`].
+pub fn show_args(base: u16, end: u16) -> Vec<String> {
+    vec!["-S".to_owned(), "show".to_owned(), format!("{base}-{end}")]
+}
+
 /// The rules of an `ipfw -S list` listing that divert to `port` but may match packets on
 /// their way in: neither `out` nor `xmit IF` (which matches only on the output path,
 /// ipfw(8)). Such a rule hands the daemon inbound packets, and an inbound IPv6 packet on an
@@ -259,6 +292,80 @@ pub fn parse_list(output: &str, tag: &str) -> Vec<ListedRule> {
         .collect()
 }
 
+/// One static rule with its packet counter, as `ipfw -S show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountedRule {
+    /// Its number.
+    pub number: u32,
+    /// Whether its comment is exactly our tag.
+    pub ours: bool,
+    /// How many packets it decided.
+    pub packets: u64,
+}
+
+/// Parses the output of `ipfw [-S] show`, one rule per line:
+///
+/// ```text
+/// 64003 1 64 set 0 allow tcp from 2001:db8::10 to 2001:db8::21 dst-port 50123 setup keep-state :default // ftp6proxy
+/// 64004 0  0 set 0 allow tcp from 192.0.2.10 to 192.0.2.21 dst-port 50000 setup keep-state :default // ftp6proxy
+/// ```
+///
+/// sbin/ipfw/ipfw2.c `show_static_rule` prints the number (`%05u `), then the packet and
+/// the byte counter (`pr_u64`: `%*llu ` each, right-aligned to the widest counter of the
+/// listing, which `prepare_format_opts` measures over every rule returned, so a column can
+/// hold padding blanks), then with `-S` the set, the action, the body and the comment; a
+/// rule in a disabled set starts `# DISABLED ` (`-S` only). So the words of a line are
+/// number, packets, bytes, the rest; ownership as in [`parse_list`]. A line whose first two
+/// words are not numbers is skipped (messages, and a format this parser does not know:
+/// then no hole is ever found used, and slots free at their deadlines as without this
+/// check).
+pub fn parse_show(output: &str, tag: &str) -> Vec<CountedRule> {
+    output
+        .lines()
+        .take_while(|line| !line.starts_with("## Dynamic rules"))
+        .filter_map(|line| {
+            let line = line.trim();
+            let line = line.strip_prefix("# DISABLED ").unwrap_or(line);
+            let mut words = line.split_whitespace();
+            let number = words.next()?;
+            let packets = words.next()?;
+            if !number.bytes().all(|b| b.is_ascii_digit())
+                || !packets.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            let number = number.parse::<u32>().ok()?;
+            let packets = packets.parse::<u64>().ok()?;
+            let ours = line
+                .rsplit_once("// ")
+                .is_some_and(|(_, comment)| comment.trim_end() == tag);
+            Some(CountedRule {
+                number,
+                ours,
+                packets,
+            })
+        })
+        .collect()
+}
+
+/// Which of `slots` were used: a rule of ours numbered so has counted a packet. A number
+/// that also holds a rule not ours is never returned: `ipfw delete N` would delete that one
+/// too (the range is checked for such rules at start; one added later is left alone).
+pub fn used_slots(rules: &[CountedRule], slots: &[u16]) -> Vec<u16> {
+    let foreign: HashSet<u32> = rules.iter().filter(|r| !r.ours).map(|r| r.number).collect();
+    slots
+        .iter()
+        .copied()
+        .filter(|&slot| {
+            let n = u32::from(slot);
+            !foreign.contains(&n)
+                && rules
+                    .iter()
+                    .any(|r| r.ours && r.number == n && r.packets > 0)
+        })
+        .collect()
+}
+
 /// Decides which rule numbers to delete at start or exit: every number in
 /// `config`'s range that holds only rules of ours.
 ///
@@ -311,8 +418,12 @@ fn is_not_found(output: &exec::Output) -> bool {
 pub struct Ipfw {
     config: IpfwConfig,
     /// Slots we added and have not deleted since: only those need a delete before an
-    /// `Open` replaces them, which keeps the common case at one exec per hole.
+    /// `Open` replaces them, which keeps the common case at one exec per hole; and a
+    /// `Refresh` of a slot not in it (its rule was deleted on use) adds the rule again.
     installed: HashSet<u16>,
+    /// [`Firewall::check`] found `dyn_keep_states=1`: used holes are reported and their
+    /// rules deleted at once (module docs).
+    states_survive: bool,
 }
 
 impl Ipfw {
@@ -339,6 +450,7 @@ impl Ipfw {
         Ok(Ipfw {
             config,
             installed: HashSet::new(),
+            states_survive: false,
         })
     }
 
@@ -365,6 +477,30 @@ impl Ipfw {
                 detail: output.failure_detail(),
             })
         }
+    }
+
+    /// The static rules in our range with their counters.
+    fn show(&self) -> Result<Vec<CountedRule>, Error> {
+        let cmd = self.cmd(show_args(self.config.base, self.config.end()));
+        let output = exec::run(&cmd, None)?;
+        if output.success() {
+            Ok(parse_show(&output.stdout, &self.config.tag))
+        } else if is_empty_range(&output) {
+            Ok(Vec::new())
+        } else {
+            Err(Error::Refused {
+                what: cmd.to_string(),
+                detail: output.failure_detail(),
+            })
+        }
+    }
+
+    /// Adds the rule of a hole.
+    fn add(&mut self, slot: Slot, spec: &HoleSpec) -> Result<(), Error> {
+        let cmd = self.cmd(add_args(slot, spec, self.config.queue, &self.config.tag));
+        exec::run_ok(&cmd, None, &cmd.to_string())?;
+        self.installed.insert(slot.0);
+        Ok(())
     }
 
     /// Deletes rule numbers; a number that is already gone is not an error.
@@ -416,7 +552,8 @@ impl Firewall for Ipfw {
             ));
         }
         let keep = self.sysctl(SYSCTL_KEEP_STATES)?;
-        if keep.as_deref() != Some("1") && !self.config.allow_dyn_drop {
+        self.states_survive = keep.as_deref() == Some("1");
+        if !self.states_survive && !self.config.allow_dyn_drop {
             return Err(Error::Setup(format!(
                 "{SYSCTL_KEEP_STATES} is {}, so deleting a hole's rule after -t seconds \
                  would also kill the data connection's dynamic state. Run \
@@ -459,6 +596,33 @@ impl Firewall for Ipfw {
         plan_cleanup(&self.list()?, &self.config).map(drop)
     }
 
+    /// Only when states outlive their rule (module docs, "Freeing a slot on use").
+    fn reports_use(&self) -> bool {
+        self.states_survive
+    }
+
+    /// Each check runs `ipfw` once (about a millisecond of the monitor's time, during
+    /// which it serves no hole request), so not as often as nft's netlink dump.
+    fn use_check_periods(&self) -> (Duration, Duration) {
+        (Duration::from_millis(100), Duration::from_millis(25))
+    }
+
+    /// One `ipfw -S show LO-HI`; every hole of `holes` whose rule counted its SYN is
+    /// deleted (one `ipfw delete N ...`) and returned.
+    fn used(&mut self, holes: &[(Slot, HoleSpec)]) -> Result<Vec<Slot>, Error> {
+        if !self.states_survive || holes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let slots: Vec<u16> = holes
+            .iter()
+            .map(|(slot, _)| slot.0)
+            .filter(|&n| self.config.contains(u32::from(n)))
+            .collect();
+        let used = used_slots(&self.show()?, &slots);
+        self.delete(&used)?;
+        Ok(used.into_iter().map(Slot).collect())
+    }
+
     fn flush_owned(&mut self) -> Result<usize, Error> {
         let numbers = plan_cleanup(&self.list()?, &self.config)?;
         self.delete(&numbers)?;
@@ -473,10 +637,12 @@ impl Firewall for Ipfw {
                 if self.installed.contains(&slot.0) {
                     self.delete(&[slot.0])?;
                 }
-                let cmd = self.cmd(add_args(slot, &spec, self.config.queue, &self.config.tag));
-                exec::run_ok(&cmd, None, &cmd.to_string())?;
-                self.installed.insert(slot.0);
-                Ok(())
+                self.add(slot, &spec)
+            }
+            // A re-arm of a hole whose rule was deleted on use (the monitor takes it as an
+            // open): the rule goes in again.
+            FwAction::Refresh { slot, spec, .. } if !self.installed.contains(&slot.0) => {
+                self.add(slot, &spec)
             }
             // The rule has no lifetime of its own; the Close at the new deadline removes it.
             FwAction::Refresh { .. } => Ok(()),
@@ -558,6 +724,7 @@ mod tests {
 
     #[test]
     fn delete_and_list_golden() {
+        assert_eq!(joined(&show_args(64000, 64099)), "-S show 64000-64099");
         assert_eq!(joined(&delete_args(&[64003])), "delete 64003");
         assert_eq!(joined(&delete_args(&[64000, 64007])), "delete 64000 64007");
         assert_eq!(joined(&list_args(64000, 64099)), "-S list 64000-64099");
@@ -623,6 +790,56 @@ mod tests {
                 ours: false
             }]
         );
+    }
+
+    /// `ipfw -S show 64000-64099` as sbin/ipfw/ipfw2.c `show_static_rule` prints it: the
+    /// number `%05u `, then packets and bytes `%*llu ` each, padded to the widest value
+    /// of the listing (here 2 and 4 digits, from rule 64005), then `set N` (-S).
+    const SHOW: &str = "\
+64003  1   80 set 0 allow tcp from 2001:db8::10 to 2001:db8::21 dst-port 50123 setup keep-state :default // ftp6proxy
+64004  0    0 set 0 allow tcp from 192.0.2.10 to 192.0.2.21 dst-port 50000 setup keep-state :default // ftp6proxy
+64005 12 1424 set 0 count ip from any to any
+64006  3  180 set 0 allow tcp from 192.0.2.10 to 192.0.2.21 dst-port 50001 setup keep-state :default // ftp6proxy
+64006  0    0 set 0 deny ip from any to any
+# DISABLED 64007  5  300 set 3 allow tcp from 192.0.2.10 to 192.0.2.21 dst-port 50002 setup keep-state :default // ftp6proxy
+";
+
+    #[test]
+    fn show_counters_and_ownership() {
+        let got: Vec<(u32, bool, u64)> = parse_show(SHOW, "ftp6proxy")
+            .iter()
+            .map(|r| (r.number, r.ours, r.packets))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (64003, true, 1),
+                (64004, true, 0),
+                (64005, false, 12),
+                (64006, true, 3),
+                (64006, false, 0),
+                (64007, true, 5),
+            ]
+        );
+        assert!(parse_show("", "ftp6proxy").is_empty());
+        assert!(parse_show("ipfw: no rules in range 64000-64099\n", "ftp6proxy").is_empty());
+        // Without counters (a `list` line) the second word is no number: skipped.
+        assert!(parse_show(
+            "64003 allow tcp from any to any // ftp6proxy\n",
+            "ftp6proxy"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn used_slots_need_a_count_and_no_foreign_rule() {
+        let rules = parse_show(SHOW, "ftp6proxy");
+        assert_eq!(
+            used_slots(&rules, &[64003, 64004, 64005, 64006, 64007, 64010]),
+            vec![64003, 64007],
+            "64004 unused, 64005 not ours, 64006 shares its number, 64010 absent"
+        );
+        assert!(used_slots(&rules, &[]).is_empty());
     }
 
     fn cfg(base: u16, count: u16) -> IpfwConfig {
@@ -701,7 +918,8 @@ mod tests {
     // --- exec against a fake ipfw --------------------------------------------------------
 
     /// A fake `ipfw` that logs each argv (one line, space-joined) to `ipfw.log`, answers
-    /// `-S list` from the file `listing` (or "no rules in range" when it is absent), fails
+    /// `-S list` from the file `listing` and `-S show` from the file `show` (or "no rules
+    /// in range" when it is absent), fails
     /// `delete` of numbers listed in `missing`, and a fake `sysctl` that answers from
     /// files named after the oid.
     struct Fake {
@@ -726,6 +944,9 @@ case "$1 $2" in
     done ;;
 "-q add")
     if [ -f '{d}/refuse' ]; then echo "ipfw: getsockopt(IP_FW_XADD): Operation not permitted" >&2; exit 71; fi ;;
+"-S show")
+    if [ -f '{d}/refuse' ]; then echo "ipfw: retrieving config failed: Operation not permitted" >&2; exit 71; fi
+    if [ -f '{d}/show' ]; then cat '{d}/show'; else echo "ipfw: no rules in range $3" >&2; exit 69; fi ;;
 esac"#
                 ),
             );
@@ -909,5 +1130,109 @@ esac"#
         assert!(text.contains("sysctl net.inet.ip.fw.one_pass=1"), "{text}");
         fake.file("sysctl.net.inet.ip.fw.one_pass", "1\n");
         fw.check().unwrap();
+    }
+
+    /// A fake backend that passed `check` with `dyn_keep_states` at `keep`.
+    fn checked(fake: &Fake, keep: &str, allow_dyn_drop: bool) -> Ipfw {
+        fake.file("sysctl.net.inet.ip.fw.enable", "1\n");
+        fake.file("sysctl.net.inet.ip.fw.dyn_keep_states", keep);
+        let mut config = cfg(64000, 100);
+        config.allow_dyn_drop = allow_dyn_drop;
+        let mut fw = fake.ipfw(config);
+        fw.check().unwrap();
+        fw
+    }
+
+    fn hole(slot: u16, spec: HoleSpec) -> (Slot, HoleSpec) {
+        (Slot(slot), spec)
+    }
+
+    #[test]
+    fn fake_ipfw_used_hole_is_reported_and_deleted_in_one_call() {
+        let fake = Fake::new("ipfw-used");
+        let mut fw = checked(&fake, "1\n", false);
+        assert!(fw.reports_use());
+        fw.apply(&open(64003, v6())).unwrap();
+        fw.apply(&open(64004, v4())).unwrap();
+        fake.file("show", SHOW);
+        let before = fake.log().len();
+        let used = fw
+            .used(&[hole(64003, v6()), hole(64004, v4()), hole(64006, v4())])
+            .unwrap();
+        assert_eq!(
+            used,
+            vec![Slot(64003)],
+            "64004 unused; 64006 shares its number"
+        );
+        assert_eq!(
+            fake.log()[before..],
+            ["-S show 64000-64099", "delete 64003"]
+        );
+        // The slot's rule is gone: a re-arm adds it again, a new open needs no delete.
+        fw.apply(&FwAction::Refresh {
+            slot: Slot(64003),
+            spec: v6(),
+            ttl: Duration::from_secs(2),
+        })
+        .unwrap();
+        fw.apply(&FwAction::Refresh {
+            slot: Slot(64004),
+            spec: v4(),
+            ttl: Duration::from_secs(2),
+        })
+        .unwrap();
+        let log = fake.log();
+        assert_eq!(
+            log[before + 2..],
+            [
+                "-q add 64003 allow tcp from 2001:db8::10 to 2001:db8::21 dst-port 50123 \
+              setup keep-state // ftp6proxy"
+            ],
+            "only the deleted hole is added again"
+        );
+    }
+
+    #[test]
+    fn fake_ipfw_nothing_used_runs_no_delete() {
+        let fake = Fake::new("ipfw-unused");
+        let mut fw = checked(&fake, "1\n", false);
+        fake.file(
+            "show",
+            "64004 0 0 set 0 allow tcp from 192.0.2.10 to 192.0.2.21 dst-port 50000 setup keep-state :default // ftp6proxy\n",
+        );
+        let before = fake.log().len();
+        assert!(fw.used(&[hole(64004, v4())]).unwrap().is_empty());
+        assert_eq!(fake.log()[before..], ["-S show 64000-64099"]);
+        // An empty range (every rule deleted meanwhile) is nothing used, not an error.
+        std::fs::remove_file(fake.dir.path().join("show")).unwrap();
+        assert!(fw.used(&[hole(64004, v4())]).unwrap().is_empty());
+        // No holes: no exec at all.
+        let before = fake.log().len();
+        assert!(fw.used(&[]).unwrap().is_empty());
+        assert_eq!(fake.log().len(), before);
+    }
+
+    /// With --ipfw-allow-state-loss and dyn_keep_states=0, deleting the rule would cut the
+    /// transfer that just started: no use is reported, nothing is run.
+    #[test]
+    fn fake_ipfw_state_loss_reports_no_use() {
+        let fake = Fake::new("ipfw-stateloss");
+        let mut fw = checked(&fake, "0\n", true);
+        assert!(!fw.reports_use());
+        fake.file("show", SHOW);
+        let before = fake.log().len();
+        assert!(fw.used(&[hole(64003, v6())]).unwrap().is_empty());
+        assert_eq!(fake.log().len(), before);
+        // Before `check` nothing is known about the sysctl: no use reporting either.
+        assert!(!fake.ipfw(cfg(64000, 100)).reports_use());
+    }
+
+    #[test]
+    fn fake_ipfw_show_failure_is_an_error() {
+        let fake = Fake::new("ipfw-showfail");
+        let mut fw = checked(&fake, "1\n", false);
+        fake.file("refuse", "");
+        let err = fw.used(&[hole(64003, v6())]).unwrap_err();
+        assert!(err.to_string().contains("Operation not permitted"), "{err}");
     }
 }

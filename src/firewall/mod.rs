@@ -9,6 +9,8 @@
 //! Rule builders are pure functions without a `cfg` gate so they are golden-tested on every
 //! platform; only the step that talks to the kernel or execs a tool is platform-gated.
 
+use std::time::Duration;
+
 use ftp6proxy_core::{FwAction, HoleSpec, Slot};
 
 pub mod exec;
@@ -91,17 +93,32 @@ pub trait Firewall {
     }
 
     /// Whether [`Firewall::used`] can tell which holes their data connections used up
-    /// (nft: the sample's hole rule deletes its element on first match).
+    /// (nft: the sample's hole rule deletes its element on first match; ipfw: the hole
+    /// rule's packet counter, when dynamic states outlive their rule; pf: the state
+    /// counters of the hole's anchor).
     fn reports_use(&self) -> bool {
         false
     }
 
-    /// Which of `holes` (each open, its deadline still ahead) are gone from the firewall
-    /// before their deadline: used up by their data connection, so their slots can be
-    /// freed now. A backend that cannot tell returns none, and slots free at deadlines.
+    /// How often the monitor calls [`Firewall::used`] while holes are open: every `.0`,
+    /// and every `.1` while three quarters of the slots are taken. The default suits a
+    /// backend that asks the kernel directly (nft: one netlink dump); one that runs a tool
+    /// for it asks less often.
+    fn use_check_periods(&self) -> (Duration, Duration) {
+        (Duration::from_millis(100), Duration::from_millis(5))
+    }
+
+    /// Which of `holes` (each open, its deadline still ahead) their data connections used
+    /// before their deadline, so their slots can be freed now. The backend removes what is
+    /// left of each hole it returns (nft: nothing, the kernel's rule deleted the element on
+    /// first match; ipfw: the hole's rule; pf: the rules of the hole's anchor), so that once
+    /// `used` returns a slot nothing of that hole can admit another connection, while the
+    /// connection that used it goes on (its state outlives the rule). A backend that
+    /// cannot tell returns none, and slots free at deadlines.
     ///
     /// # Errors
-    /// When the firewall cannot be read.
+    /// When the firewall cannot be read, or a used hole cannot be removed (its slot is
+    /// then not reported, and frees at its deadline).
     fn used(&mut self, holes: &[(Slot, HoleSpec)]) -> Result<Vec<Slot>, Error> {
         let _ = holes;
         Ok(Vec::new())
@@ -117,7 +134,7 @@ pub trait Firewall {
     ///
     /// # Errors
     /// As [`Firewall::flush_owned`].
-    fn take_over(&mut self, max_left: std::time::Duration) -> Result<TakeOver, Error> {
+    fn take_over(&mut self, max_left: Duration) -> Result<TakeOver, Error> {
         let _ = max_left;
         Ok(TakeOver {
             kept: 0,

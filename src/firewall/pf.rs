@@ -23,7 +23,22 @@
 //! would allow the first state and then drop the SYN on the way out ("max states"
 //! reached). One rule per direction, each with `max 1`, lets exactly one connection
 //! through. pf states outlive their rule (research §3.2), so flushing the anchor after
-//! `-t` seconds does not cut the transfer.
+//! `-t` seconds does not cut the transfer: sys/netpfil/pf/pf_ioctl.c
+//! `pf_unlink_rule_locked` takes a rule out of its ruleset onto `V_pf_unlinked_rules`
+//! (marked `PFRULE_REFS`) instead of freeing it, where the states that point to it keep it.
+//!
+//! # Freeing a slot on use
+//! [`Pf::used`] reads the rule counters of every hole in one `pfctl -a '*' -vsr`
+//! ([`show_all_args`], [`parse_hole_states`]) and flushes the anchor of each hole whose
+//! *two* rules have made a state, so no second connection gets through and the slot is
+//! free. Both, because pf looks a packet's state up by direction: sys/netpfil/pf/pf.c
+//! `pf_test_state_tcp` builds the lookup key straight for `PF_IN` ("wire side") and
+//! reversed for `PF_OUT` ("stack side"), so the forwarded SYN, going out after it came in,
+//! does not find the inbound state and is matched against the rules again, where the `out`
+//! rule makes the second state. Flushing the anchor once the `in` state alone exists could
+//! drop that SYN on its way out. A hole on a host that filters the data connection in one
+//! direction only (the FTP server or client is this host) never has both: it keeps its
+//! slot to the deadline, as before.
 //!
 //! # `-q`: queue
 //! pf has two kinds of queues. A numeric `-q 5` means a dummynet queue (`dnqueue 5`,
@@ -33,10 +48,11 @@
 //! as a number, so this split loses nothing. Names are restricted to characters that need
 //! no quoting, so the value can never inject pf.conf syntax.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ftp6proxy_core::{Family, FwAction, HoleSpec, Slot};
 
@@ -226,6 +242,25 @@ pub fn list_anchors_args(anchor: &str) -> Vec<String> {
     ]
 }
 
+/// `pfctl -a '*' -v -s rules`
+///
+/// The whole ruleset with each rule's counters, every anchor included: sbin/pfctl/pfctl.c
+/// `main` takes a `-a` ending in `*` as "recurse" (`PF_OPT_RECURSE`; `*` alone leaves the
+/// main ruleset as the start), and `pfctl_show_rules` then descends into every anchor rule,
+/// a wildcard one (`anchor "ftp6proxy/*"`) by listing its child rulesets, each printed as
+/// `anchor "64003" all {` ... `}`. `-a 'ftp6proxy/*'` would not do: it starts at the
+/// `ftp6proxy` ruleset itself, which holds no rules (`main` passes `wildcard` 0), so
+/// nothing of its children is printed. One run for all holes, whatever their number.
+pub fn show_all_args() -> Vec<String> {
+    vec![
+        "-a".to_owned(),
+        "*".to_owned(),
+        "-v".to_owned(),
+        "-s".to_owned(),
+        "rules".to_owned(),
+    ]
+}
+
 /// `pfctl -s info`
 pub fn info_args() -> Vec<String> {
     vec!["-s".to_owned(), "info".to_owned()]
@@ -278,6 +313,120 @@ pub fn parse_anchors(output: &str, anchor: &str) -> (Vec<u16>, Vec<String>) {
     (slots.into_iter().collect(), others)
 }
 
+/// The states the two rules of one hole made, as [`parse_hole_states`] reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HoleStates {
+    /// States made by the `pass in` rule.
+    pub inbound: u64,
+    /// States made by the `pass out` rule.
+    pub outbound: u64,
+}
+
+impl HoleStates {
+    /// Whether the data connection came through both directions (module docs).
+    pub fn used(&self) -> bool {
+        self.inbound > 0 && self.outbound > 0
+    }
+}
+
+/// The states made by the rules of our hole anchors, per slot, from `pfctl -a '*' -vsr`
+/// ([`show_all_args`]):
+///
+/// ```text
+/// anchor "ftp6proxy/*" all {
+///   [ Evaluations: 95        Packets: 12        Bytes: 776         States: 0     ]
+///   [ Inserted: uid 0 pid 812 State Creations: 0     ]
+/// anchor "64003" all {
+/// pass in quick inet6 proto tcp from 2001:db8::10 to 2001:db8::21 port = 50123 flags S/SA keep state (max 1)
+///   [ Evaluations: 2         Packets: 3         Bytes: 240         States: 1     ]
+///   [ Inserted: uid 0 pid 4711 State Creations: 1     ]
+/// pass out quick inet6 ...
+/// ...
+/// }
+/// }
+/// ```
+///
+/// sbin/pfctl/pfctl.c: `pfctl_show_rules` prints each rule (`print_rule`) and after it
+/// `pfctl_print_rule_counters`, whose `-v` lines are `  [ Evaluations: %-8llu  Packets:
+/// %-8llu  Bytes: %-10llu  States: %-6ju]` (states now) and `  [ Inserted: uid %u pid %u
+/// State Creations: %-6ju]` (states ever made); an anchor rule it recurses into ends in
+/// ` {`, its block in a line `}`; `INDENT` indents nothing under `-v`. The wildcard
+/// branch prints one more counters block, of no rule, before the first child: counters
+/// outside a child block are ignored. A hole counts the larger of its rule's two numbers
+/// (a connection already closed has no state now but made one). Blocks are matched by
+/// name: a child named by a slot number directly inside `anchor "<anchor>/*"`.
+pub fn parse_hole_states(output: &str, anchor: &str) -> BTreeMap<u16, HoleStates> {
+    let hook = format!("{anchor}/*");
+    let mut found: BTreeMap<u16, HoleStates> = BTreeMap::new();
+    // The names of the blocks we are in, outermost first ("" for a block not an anchor).
+    let mut blocks: Vec<String> = Vec::new();
+    // The direction of the last rule line seen in a hole's block: `Some(true)` for in.
+    let mut inbound: Option<bool> = None;
+    for line in output.lines() {
+        let line = line.trim();
+        if line == "}" {
+            blocks.pop();
+            inbound = None;
+            continue;
+        }
+        if let Some(open) = line.strip_suffix('{') {
+            let name = open
+                .strip_prefix("anchor \"")
+                .and_then(|rest| rest.split_once('"'))
+                .map_or("", |(name, _)| name);
+            blocks.push(name.to_owned());
+            inbound = None;
+            continue;
+        }
+        let slot = match blocks.as_slice() {
+            [.., parent, child] if *parent == hook => slot_name(child),
+            _ => None,
+        };
+        let Some(slot) = slot else {
+            continue;
+        };
+        if let Some(rule) = line.strip_prefix("pass ") {
+            inbound = match rule.split_whitespace().next() {
+                Some("in") => Some(true),
+                Some("out") => Some(false),
+                _ => None,
+            };
+            continue;
+        }
+        let Some(dir) = inbound else {
+            continue;
+        };
+        let count = ["State Creations:", "States:"]
+            .iter()
+            .filter_map(|label| counter_after(line, label))
+            .max();
+        if let Some(count) = count {
+            let entry = found.entry(slot).or_default();
+            let field = if dir {
+                &mut entry.inbound
+            } else {
+                &mut entry.outbound
+            };
+            *field = (*field).max(count);
+        }
+    }
+    found
+}
+
+/// The slot a child anchor's name stands for: a number as we write it (no leading 0).
+fn slot_name(name: &str) -> Option<u16> {
+    let numeric = !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit());
+    let slot = name.parse::<u16>().ok()?;
+    (numeric && slot.to_string() == name).then_some(slot)
+}
+
+/// The number after `label` in a counters line (`States: 1     ]` gives 1).
+fn counter_after(line: &str, label: &str) -> Option<u64> {
+    let (_, rest) = line.split_once(label)?;
+    let word = rest.split_whitespace().next()?;
+    word.trim_end_matches(']').parse().ok()
+}
+
 /// Whether `pfctl -s info` says pf is enabled (`Status: Enabled for 0 days 01:02:03 ...`).
 pub fn parse_enabled(info: &str) -> bool {
     info.lines().any(|line| {
@@ -306,6 +455,9 @@ pub fn has_hook(rules: &str, anchor: &str) -> bool {
 #[derive(Debug)]
 pub struct Pf {
     config: PfConfig,
+    /// Slots whose anchor we loaded and have not flushed since: a `Refresh` of a slot not
+    /// in it (flushed on use) loads the hole again.
+    loaded: HashSet<u16>,
 }
 
 impl Pf {
@@ -328,7 +480,10 @@ impl Pf {
                 config.base, config.count
             )));
         }
-        Ok(Pf { config })
+        Ok(Pf {
+            config,
+            loaded: HashSet::new(),
+        })
     }
 
     /// The configuration in use.
@@ -340,9 +495,20 @@ impl Pf {
         Cmd::new(&self.config.pfctl, args).in_jail(self.config.jail)
     }
 
-    fn flush_slot(&self, slot: Slot) -> Result<(), Error> {
+    fn flush_slot(&mut self, slot: Slot) -> Result<(), Error> {
         let cmd = self.cmd(flush_args(&self.config.anchor, slot));
-        exec::run_ok(&cmd, None, &cmd.to_string()).map(drop)
+        exec::run_ok(&cmd, None, &cmd.to_string())?;
+        self.loaded.remove(&slot.0);
+        Ok(())
+    }
+
+    /// Loads the rules of a hole into its anchor (replacing what was there).
+    fn load(&mut self, slot: Slot, spec: &HoleSpec) -> Result<(), Error> {
+        let cmd = self.cmd(load_args(&self.config.anchor, slot));
+        let rules = hole_rules(spec, self.config.queue.as_ref());
+        exec::run_ok(&cmd, Some(rules.as_bytes()), &cmd.to_string())?;
+        self.loaded.insert(slot.0);
+        Ok(())
     }
 
     /// The slots of our range that currently have an anchor.
@@ -414,6 +580,35 @@ impl Firewall for Pf {
         Ok(())
     }
 
+    fn reports_use(&self) -> bool {
+        true
+    }
+
+    /// Each check runs `pfctl` once over the whole ruleset, so not as often as nft's
+    /// netlink dump.
+    fn use_check_periods(&self) -> (Duration, Duration) {
+        (Duration::from_millis(100), Duration::from_millis(25))
+    }
+
+    /// One `pfctl -a '*' -vsr`; the anchor of every hole of `holes` whose two rules made
+    /// a state is flushed (module docs) and its slot returned.
+    fn used(&mut self, holes: &[(Slot, HoleSpec)]) -> Result<Vec<Slot>, Error> {
+        if holes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cmd = self.cmd(show_all_args());
+        let output = exec::run_ok(&cmd, None, &cmd.to_string())?;
+        let states = parse_hole_states(&output.stdout, &self.config.anchor);
+        let mut used = Vec::new();
+        for &(slot, _) in holes {
+            if self.config.contains(slot.0) && states.get(&slot.0).is_some_and(HoleStates::used) {
+                self.flush_slot(slot)?;
+                used.push(slot);
+            }
+        }
+        Ok(used)
+    }
+
     fn flush_owned(&mut self) -> Result<usize, Error> {
         let slots = self.listed_slots()?;
         for &slot in &slots {
@@ -426,10 +621,11 @@ impl Firewall for Pf {
         self.check_slot(action.slot())?;
         match *action {
             // Loading replaces the anchor's whole ruleset, so re-opening a slot replaces it.
-            FwAction::Open { slot, spec, .. } => {
-                let cmd = self.cmd(load_args(&self.config.anchor, slot));
-                let rules = hole_rules(&spec, self.config.queue.as_ref());
-                exec::run_ok(&cmd, Some(rules.as_bytes()), &cmd.to_string()).map(drop)
+            FwAction::Open { slot, spec, .. } => self.load(slot, &spec),
+            // A re-arm of a hole flushed on use (the monitor takes it as an open): the
+            // rules go in again.
+            FwAction::Refresh { slot, spec, .. } if !self.loaded.contains(&slot.0) => {
+                self.load(slot, &spec)
             }
             // The rules have no lifetime of their own; the Close at the new deadline
             // removes them.
@@ -500,6 +696,7 @@ mod tests {
         assert_eq!(j(list_anchors_args("ftp6proxy")), "-a ftp6proxy -s Anchors");
         assert_eq!(j(load_args("ftp-v6", Slot(1))), "-a ftp-v6/1 -f -");
         assert_eq!(j(info_args()), "-s info");
+        assert_eq!(j(show_all_args()), "-a * -v -s rules");
         assert_eq!(j(main_rules_args()), "-s rules");
         assert_eq!(hook_line("ftp6proxy"), "anchor \"ftp6proxy/*\"");
     }
@@ -584,10 +781,110 @@ mod tests {
         assert!(!has_hook("# anchor \"ftp6proxy/*\"\n", "ftp6proxy"));
     }
 
+    /// `pfctl -a '*' -vsr` as sbin/pfctl/pfctl.c prints it (`pfctl_show_rules`,
+    /// `pfctl_print_rule_counters`: `%-8llu`, `%-10llu`, `%-6ju` columns, no indent under
+    /// -v, an extra counters block of no rule after a wildcard anchor's header): 64003 used
+    /// (both rules made a state), 64004 only inbound (the SYN may still be on its way
+    /// out), 64005 unused, 64006 used and already closed (no state now, one made by each
+    /// rule), `manual` not ours, 64007 under another instance's anchor.
+    const SHOW_ALL: &str = r#"block drop in all
+  [ Evaluations: 120       Packets: 30        Bytes: 2400        States: 0     ]
+  [ Inserted: uid 0 pid 812 State Creations: 0     ]
+anchor "ftp6proxy/*" all {
+  [ Evaluations: 95        Packets: 12        Bytes: 776         States: 0     ]
+  [ Inserted: uid 0 pid 812 State Creations: 0     ]
+  [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
+  [ Inserted: uid 0 pid 0 State Creations: 0     ]
+anchor "64003" all {
+pass in quick inet6 proto tcp from 2001:db8::10 to 2001:db8::21 port = 50123 flags S/SA keep state (max 1)
+  [ Evaluations: 2         Packets: 3         Bytes: 240         States: 1     ]
+  [ Inserted: uid 0 pid 4711 State Creations: 1     ]
+pass out quick inet6 proto tcp from 2001:db8::10 to 2001:db8::21 port = 50123 flags S/SA keep state (max 1)
+  [ Evaluations: 1         Packets: 3         Bytes: 240         States: 1     ]
+  [ Inserted: uid 0 pid 4711 State Creations: 1     ]
+}
+anchor "64004" all {
+pass in quick inet proto tcp from 192.0.2.21 to 192.0.2.10 port = 40000 flags S/SA keep state (max 1)
+  [ Evaluations: 1         Packets: 1         Bytes: 60          States: 1     ]
+  [ Inserted: uid 0 pid 4711 State Creations: 1     ]
+pass out quick inet proto tcp from 192.0.2.21 to 192.0.2.10 port = 40000 flags S/SA keep state (max 1)
+  [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
+  [ Inserted: uid 0 pid 4711 State Creations: 0     ]
+}
+anchor "64005" all {
+pass in quick inet proto tcp from 192.0.2.21 to 192.0.2.10 port = 40001 flags S/SA keep state (max 1)
+  [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
+  [ Inserted: uid 0 pid 4711 State Creations: 0     ]
+pass out quick inet proto tcp from 192.0.2.21 to 192.0.2.10 port = 40001 flags S/SA keep state (max 1)
+  [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
+  [ Inserted: uid 0 pid 4711 State Creations: 0     ]
+}
+anchor "64006" all {
+pass in quick inet proto tcp from 192.0.2.21 to 192.0.2.10 port = 40002 flags S/SA keep state (max 1)
+  [ Evaluations: 4         Packets: 9         Bytes: 1200        States: 0     ]
+  [ Inserted: uid 0 pid 4711 State Creations: 1     ]
+pass out quick inet proto tcp from 192.0.2.21 to 192.0.2.10 port = 40002 flags S/SA keep state (max 1)
+  [ Evaluations: 2         Packets: 9         Bytes: 1200        States: 0     ]
+  [ Inserted: uid 0 pid 4711 State Creations: 1     ]
+}
+anchor "manual" all {
+pass in quick inet proto tcp from any to any port = 40003 flags S/SA keep state
+  [ Evaluations: 0         Packets: 5         Bytes: 300         States: 1     ]
+  [ Inserted: uid 0 pid 99 State Creations: 1     ]
+}
+}
+anchor "other/*" all {
+  [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
+  [ Inserted: uid 0 pid 812 State Creations: 0     ]
+  [ Evaluations: 0         Packets: 0         Bytes: 0           States: 0     ]
+  [ Inserted: uid 0 pid 0 State Creations: 0     ]
+anchor "64007" all {
+pass in quick inet proto tcp from 192.0.2.21 to 192.0.2.10 port = 40004 flags S/SA keep state (max 1)
+  [ Evaluations: 1         Packets: 1         Bytes: 60          States: 1     ]
+  [ Inserted: uid 0 pid 77 State Creations: 1     ]
+pass out quick inet proto tcp from 192.0.2.21 to 192.0.2.10 port = 40004 flags S/SA keep state (max 1)
+  [ Evaluations: 1         Packets: 1         Bytes: 60          States: 1     ]
+  [ Inserted: uid 0 pid 77 State Creations: 1     ]
+}
+}
+pass out all flags S/SA keep state
+  [ Evaluations: 300       Packets: 900       Bytes: 81234       States: 4     ]
+  [ Inserted: uid 0 pid 812 State Creations: 57    ]
+"#;
+
+    #[test]
+    fn hole_states_per_slot_and_direction() {
+        let states = parse_hole_states(SHOW_ALL, "ftp6proxy");
+        let got: Vec<(u16, u64, u64)> = states
+            .iter()
+            .map(|(slot, s)| (*slot, s.inbound, s.outbound))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(64003, 1, 1), (64004, 1, 0), (64005, 0, 0), (64006, 1, 1)]
+        );
+        let used: Vec<u16> = states
+            .iter()
+            .filter(|(_, s)| s.used())
+            .map(|(slot, _)| *slot)
+            .collect();
+        assert_eq!(used, vec![64003, 64006], "64004 has its inbound state only");
+        // The other instance's anchor, read with its name.
+        assert_eq!(
+            parse_hole_states(SHOW_ALL, "other")
+                .keys()
+                .collect::<Vec<_>>(),
+            vec![&64007]
+        );
+        assert!(parse_hole_states("", "ftp6proxy").is_empty());
+        assert!(parse_hole_states("No ALTQ support in kernel\n", "ftp6proxy").is_empty());
+    }
+
     // --- exec against a fake pfctl ---------------------------------------------------------
 
     /// A fake `pfctl` logging argv to `pfctl.log` and stdin to `stdin.log`, answering
-    /// `-s info`, `-s rules` and `-s Anchors` from files of those names.
+    /// `-s info`, `-s rules` and `-s Anchors` from files of those names and
+    /// `-a * -v -s rules` from the file `all` (a failure when it is absent).
     fn fake(tag: &str) -> (TempDir, Pf) {
         let dir = TempDir::new(tag);
         let d = dir.path().display().to_string();
@@ -600,7 +897,8 @@ case "$*" in
 "-s info") cat '{d}/info' ;;
 "-s rules") cat '{d}/rules' ;;
 *" -s Anchors") if [ -f '{d}/Anchors' ]; then cat '{d}/Anchors'; else echo "Anchor '$2' not found." >&2; exit 1; fi ;;
-*" -F rules") echo "rules cleared" >&2 ;;
+*" -F rules") if [ -f '{d}/refuse_flush' ]; then echo "pfctl: DIOCXBEGIN: Operation not permitted" >&2; exit 1; fi; echo "rules cleared" >&2 ;;
+"-a * -v -s rules") if [ -f '{d}/all' ]; then cat '{d}/all'; else echo "pfctl: /dev/pf: Permission denied" >&2; exit 1; fi ;;
 esac"#
             ),
         );
@@ -726,5 +1024,66 @@ esac"#
             })
             .is_err());
         assert!(dir.lines("pfctl.log").is_empty());
+    }
+
+    fn open_action(slot: u16, spec: HoleSpec) -> FwAction {
+        FwAction::Open {
+            slot: Slot(slot),
+            spec,
+            ttl: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn fake_pfctl_used_holes_are_flushed_and_reported() {
+        let (dir, mut pf) = fake("pf-used");
+        assert!(pf.reports_use());
+        for (slot, spec) in [(64003, v6()), (64004, v4()), (64005, v4()), (64006, v4())] {
+            pf.apply(&open_action(slot, spec)).unwrap();
+        }
+        write(&dir, "all", SHOW_ALL);
+        let holes: Vec<(Slot, HoleSpec)> = [(64003, v6()), (64004, v4()), (64005, v4())]
+            .into_iter()
+            .map(|(slot, spec)| (Slot(slot), spec))
+            .collect();
+        let before = dir.lines("pfctl.log").len();
+        assert_eq!(pf.used(&holes).unwrap(), vec![Slot(64003)]);
+        assert_eq!(
+            dir.lines("pfctl.log")[before..],
+            ["-a * -v -s rules", "-a ftp6proxy/64003 -F rules"],
+            "64004 (inbound only) and 64005 (unused) are kept; 64006 was not asked about"
+        );
+        // A re-arm of the flushed hole loads it again; of a kept one, nothing runs.
+        for slot in [64003, 64004] {
+            pf.apply(&FwAction::Refresh {
+                slot: Slot(slot),
+                spec: if slot == 64003 { v6() } else { v4() },
+                ttl: Duration::from_secs(2),
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            dir.lines("pfctl.log")[before + 2..],
+            ["-a ftp6proxy/64003 -f -"]
+        );
+    }
+
+    #[test]
+    fn fake_pfctl_no_holes_runs_nothing() {
+        let (dir, mut pf) = fake("pf-noholes");
+        assert!(pf.used(&[]).unwrap().is_empty());
+        assert!(dir.lines("pfctl.log").is_empty());
+    }
+
+    #[test]
+    fn fake_pfctl_failures_are_errors() {
+        let (dir, mut pf) = fake("pf-usedfail");
+        let holes = [(Slot(64003), v6())];
+        let err = pf.used(&holes).unwrap_err();
+        assert!(err.to_string().contains("Permission denied"), "{err}");
+        write(&dir, "all", SHOW_ALL);
+        write(&dir, "refuse_flush", "");
+        let err = pf.used(&holes).unwrap_err();
+        assert!(err.to_string().contains("Operation not permitted"), "{err}");
     }
 }
