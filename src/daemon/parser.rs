@@ -652,6 +652,25 @@ mod tests {
         ToMonitor::decode(&buf[..n]).unwrap()
     }
 
+    /// The next message to the monitor, which must be a hole request.
+    fn next_hole_request(ends: &Ends) -> Request {
+        match next_request(ends) {
+            ToMonitor::Request(request) => request,
+            other => panic!("a request, not {other:?}"),
+        }
+    }
+
+    /// The monitor confirms request `id`.
+    fn confirm(ends: &Ends, id: u32) {
+        order(ends, FromMonitor::Response { id, ok: true });
+    }
+
+    /// The worker stops: its stream to the parser ends.
+    fn end_worker_stream(ends: &Ends) {
+        nix::sys::socket::shutdown(ends.worker.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .unwrap();
+    }
+
     fn order(ends: &Ends, message: FromMonitor) {
         send(
             ends.monitor.as_raw_fd(),
@@ -675,24 +694,15 @@ mod tests {
             assert_eq!(passes(&ends), [id as u64]);
         }
         send_packet(&ends, 2, &packets[2]);
-        let ToMonitor::Request(request) = next_request(&ends) else {
-            panic!("a request")
-        };
+        let request = next_hole_request(&ends);
         assert!(matches!(request.action, FwAction::Open { .. }));
         send_packet(&ends, 3, &packets[3]);
         assert_eq!(passes(&ends), [3], "the NOOP behind it goes on");
-        order(
-            &ends,
-            FromMonitor::Response {
-                id: request.id,
-                ok: true,
-            },
-        );
+        confirm(&ends, request.id);
         assert_eq!(passes(&ends), [2], "the EPRT, once its hole is confirmed");
         order(&ends, FromMonitor::Shutdown);
         // The worker stops: its stream ends; the parser then hands over and says so.
-        nix::sys::socket::shutdown(ends.worker.as_raw_fd(), nix::sys::socket::Shutdown::Write)
-            .unwrap();
+        end_worker_stream(&ends);
         assert_eq!(
             next_request(&ends),
             ToMonitor::Closed,
@@ -733,21 +743,12 @@ mod tests {
             assert_eq!(passes(&ends), [id as u64]);
         }
         send_packet(&ends, 2, &packets[2]);
-        nix::sys::socket::shutdown(ends.worker.as_raw_fd(), nix::sys::socket::Shutdown::Write)
-            .unwrap();
-        let ToMonitor::Request(request) = next_request(&ends) else {
-            panic!("a request")
-        };
+        end_worker_stream(&ends);
+        let request = next_hole_request(&ends);
         // The parser now waits for the answer; the order comes first.
         order(&ends, FromMonitor::Shutdown);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        order(
-            &ends,
-            FromMonitor::Response {
-                id: request.id,
-                ok: true,
-            },
-        );
+        confirm(&ends, request.id);
         assert_eq!(passes(&ends), [2], "the EPRT, once its hole is confirmed");
         assert_eq!(next_request(&ends), ToMonitor::Closed, "the order was kept");
         assert_eq!(thread.join().unwrap(), Ok(Exit::Shutdown));
@@ -765,9 +766,7 @@ mod tests {
             released.extend(passes(&ends));
         }
         assert_eq!(released, [0, 1]);
-        let ToMonitor::Request(request) = next_request(&ends) else {
-            panic!("a request")
-        };
+        let request = next_hole_request(&ends);
         order(
             &ends,
             FromMonitor::Response {
@@ -844,20 +843,12 @@ mod tests {
         for packet in conversation() {
             kernel.send(&packet).unwrap();
         }
-        let ToMonitor::Request(request) = next_request(&ends) else {
-            panic!("a request")
-        };
+        let request = next_hole_request(&ends);
         assert!(
             matches!(request.action, FwAction::Open { .. }),
             "{request:?}"
         );
-        order(
-            &ends,
-            FromMonitor::Response {
-                id: request.id,
-                ok: true,
-            },
-        );
+        confirm(&ends, request.id);
         order(&ends, FromMonitor::Shutdown);
         assert_eq!(next_request(&ends), ToMonitor::Closed);
         assert_eq!(thread.join().unwrap(), Ok(Exit::Shutdown));

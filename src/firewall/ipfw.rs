@@ -465,26 +465,25 @@ impl Ipfw {
 
     /// Lists the static rules in our range.
     fn list(&self) -> Result<Vec<ListedRule>, Error> {
-        let cmd = self.cmd(list_args(self.config.base, self.config.end()));
-        let output = exec::run(&cmd, None)?;
-        if output.success() {
-            Ok(parse_list(&output.stdout, &self.config.tag))
-        } else if is_empty_range(&output) {
-            Ok(Vec::new())
-        } else {
-            Err(Error::Refused {
-                what: cmd.to_string(),
-                detail: output.failure_detail(),
-            })
-        }
+        self.read_range(list_args, parse_list)
     }
 
     /// The static rules in our range with their counters.
     fn show(&self) -> Result<Vec<CountedRule>, Error> {
-        let cmd = self.cmd(show_args(self.config.base, self.config.end()));
+        self.read_range(show_args, parse_show)
+    }
+
+    /// Runs the listing `args(base, end)` of our range and parses what it prints; a range
+    /// with no rule at all is an empty list, not an error.
+    fn read_range<T>(
+        &self,
+        args: fn(u16, u16) -> Vec<String>,
+        parse: fn(&str, &str) -> Vec<T>,
+    ) -> Result<Vec<T>, Error> {
+        let cmd = self.cmd(args(self.config.base, self.config.end()));
         let output = exec::run(&cmd, None)?;
         if output.success() {
-            Ok(parse_show(&output.stdout, &self.config.tag))
+            Ok(parse(&output.stdout, &self.config.tag))
         } else if is_empty_range(&output) {
             Ok(Vec::new())
         } else {
