@@ -218,6 +218,9 @@ pub struct Args {
     /// Seconds a silent control connection is followed (it is silent during a long transfer)
     #[arg(long = "idle-timeout", value_name = "seconds", default_value = "7200")]
     pub idle_timeout: String,
+    /// Run the daemon's processes on this CPU: the worker and the parser then hand each packet over without a cross-CPU wake-up
+    #[arg(long, value_name = "n")]
+    pub cpu: Option<String>,
     /// ipfw: start even if net.inet.ip.fw.dyn_keep_states=0 (closing a hole then cuts its transfer)
     #[arg(long = "ipfw-allow-state-loss")]
     pub ipfw_allow_state_loss: bool,
@@ -325,6 +328,8 @@ pub struct Settings {
     pub check: bool,
     /// `--replay`: the capture to replay instead of running the daemon.
     pub replay: Option<PathBuf>,
+    /// `--cpu`: the CPU every process of the daemon runs on.
+    pub cpu: Option<usize>,
 }
 
 /// A command-line value that is out of range; the message names the option.
@@ -478,6 +483,18 @@ impl Args {
                 "--max-connections {max_connections}: must be 16..1048576 connections"
             )));
         }
+        // 1024: Linux's CPU_SETSIZE, and FreeBSD's since 14 (256 before). A CPU the system
+        // does not have is refused by the kernel, and the daemon says so at start.
+        let cpu = match &self.cpu {
+            Some(text) => {
+                let cpu: usize = number("--cpu", text, "must be a CPU number 0..1023")?;
+                if cpu > 1023 {
+                    return Err(usage(format!("--cpu {cpu}: must be a CPU number 0..1023")));
+                }
+                Some(cpu)
+            }
+            None => None,
+        };
         let idle: u64 = number(
             "--idle-timeout",
             &self.idle_timeout,
@@ -516,6 +533,7 @@ impl Args {
             intercept,
             check: self.check,
             replay: self.replay,
+            cpu,
         })
     }
 }
@@ -715,11 +733,20 @@ mod tests {
             (&["--firewall", "ipfw", "-q", "fast"][..], "-q"),
             (&["--firewall", "pf", "-q", "x y"][..], "-q"),
             (&["--firewall", "nft", "-q", "1"][..], "-q"),
+            (&["--cpu", "1024"][..], "--cpu"),
+            (&["--cpu", "first"][..], "--cpu"),
         ] {
             let line = usage_error(args);
             assert!(line.starts_with(&format!("ftp6proxy: {option} ")), "{line}");
             assert!(!line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn cpu_is_a_cpu_number_or_nothing() {
+        assert_eq!(settings(&["--cpu", "0"]).cpu, Some(0));
+        assert_eq!(settings(&["--cpu", "1023"]).cpu, Some(1023));
+        assert_eq!(settings(&[]).cpu, None, "not pinned unless asked");
     }
 
     #[test]

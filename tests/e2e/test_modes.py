@@ -117,6 +117,33 @@ def test_each_process_keeps_only_what_it_needs(tmp_path):
         stop(proc)
 
 
+def test_cpu_pins_every_process_and_ftp_goes_on(tmp_path):
+    """--cpu N: the monitor, the worker and the parser all run on CPU N only (the monitor
+    pins itself before it forks), and transfers are helped as before; a worker or parser
+    started again later inherits the CPU too. A CPU the machine lacks is a start failure
+    that names it."""
+    cpu = os.cpu_count() - 1
+    proc = start(tmp_path, "-d", "--cpu", str(cpu))
+    try:
+        assert lab.wait_until(lambda: len(roles(proc.pid)) == 2, 5), "worker and parser"
+        pids = {"monitor": proc.pid, **roles(proc.pid)}
+        for role, pid in pids.items():
+            allowed = proc_status(pid)["Cpus_allowed_list"]
+            assert allowed == str(cpu), f"{role} {pid} may run on CPUs {allowed}, not {cpu} only"
+        passive_download_works(6)
+        os.kill(pids["parser"], signal.SIGKILL)
+        assert lab.wait_until(
+            lambda: parser_of(proc.pid)[1] not in (None, pids["parser"]), 5), "a new parser"
+        new_parser = parser_of(proc.pid)[1]
+        assert proc_status(new_parser)["Cpus_allowed_list"] == str(cpu), "the new parser"
+        passive_download_works(4)
+    finally:
+        stop(proc)
+    missing = subprocess.run([str(lab.daemon_binary()), "-d", "--cpu", "1023", *BASE_ARGS],
+                             capture_output=True, text=True, timeout=20)
+    assert missing.returncode != 0 and "--cpu 1023" in missing.stderr, missing.stderr
+
+
 def syslog_listening():
     import socket
     try:
