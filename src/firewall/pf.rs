@@ -584,10 +584,14 @@ impl Firewall for Pf {
         true
     }
 
-    /// Each check runs `pfctl` once over the whole ruleset, so not as often as nft's
-    /// netlink dump.
+    /// Each check runs `pfctl` once over the whole ruleset (the operator's included, so
+    /// its cost grows with it, and the monitor serves no hole request meanwhile). Freeing
+    /// a used slot early only matters when slots run short: a hole's `max 1` rules admit
+    /// one connection anyway (unlike ipfw's rule, which admits more until removed). So
+    /// once a second while slots are plentiful, and every 25 ms once three quarters are
+    /// taken.
     fn use_check_periods(&self) -> (Duration, Duration) {
-        (Duration::from_millis(100), Duration::from_millis(25))
+        (Duration::from_secs(1), Duration::from_millis(25))
     }
 
     /// One `pfctl -a '*' -vsr`; the anchor of every hole of `holes` whose two rules made
