@@ -490,7 +490,7 @@ impl<S: Spawn> Monitor<'_, S> {
             Err(e) => {
                 self.counters.firewall_errors += 1;
                 if logging::is_power_of_ten(self.counters.firewall_errors) {
-                    log::error!("firewall: reading which holes were used: {e}");
+                    log::error!("{e:#}");
                 }
                 return;
             }
@@ -519,7 +519,7 @@ impl<S: Spawn> Monitor<'_, S> {
                 close.slot()
             );
             if let Err(e) = self.firewall.apply(&close) {
-                log::error!("firewall: {e}");
+                log::error!("{e:#}");
             }
             self.validator.applied(&close, true);
         }
@@ -614,7 +614,7 @@ fn apply(
         }
         Err(e) => {
             counters.firewall_errors += 1;
-            log::error!("firewall: {e}");
+            log::error!("{e:#}");
             validator.applied(&request.action, false);
             false
         }
@@ -671,13 +671,13 @@ fn clean_up(firewall: &mut dyn Firewall, validator: &mut Validator, log: &OwnedF
             }
         }
         if let Err(e) = firewall.apply(&action) {
-            log::error!("firewall: closing slot {} at exit: {e}", action.slot());
+            log::error!("{e:#} (at exit)");
         }
         validator.applied(&action, true);
     }
     match firewall.flush_owned() {
         Ok(0) => {}
         Ok(n) => log::info!("removed {n} leftover holes at exit"),
-        Err(e) => log::error!("firewall: flushing our holes at exit: {e}"),
+        Err(e) => log::error!("{e:#} (at exit)"),
     }
 }
