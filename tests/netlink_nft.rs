@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::Netns;
 use ftp6proxy::firewall::nft::Nft;
-use ftp6proxy::firewall::{Error, Firewall};
+use ftp6proxy::firewall::{Error, ErrorKind, Firewall, Op};
 use ftp6proxy_core::{FwAction, HoleSpec, Mode, Slot};
 
 const SET6: &str = "{ type ipv6_addr . ipv6_addr . inet_service; flags timeout; }";
@@ -55,7 +55,10 @@ fn open(spec: HoleSpec, ttl: Duration) -> FwAction {
 
 fn setup_message(result: Result<(), Error>) -> String {
     match result {
-        Err(Error::Setup(msg)) => msg,
+        Err(Error {
+            kind: ErrorKind::Setup(msg),
+            ..
+        }) => msg,
         other => panic!("expected a setup error, got {other:?}"),
     }
 }
@@ -257,7 +260,11 @@ fn open_into_missing_set_is_refused_with_the_element_named() {
     ns.nft("add table inet filter");
     let mut nft = Nft::open("inet filter", "ftp6proxy").unwrap();
     match nft.apply(&open(spec6(53000), Duration::from_secs(2))) {
-        Err(Error::Refused { what, detail }) => {
+        Err(Error {
+            op: Op::Open,
+            slot: Some(Slot(64003)),
+            kind: ErrorKind::Refused { what, detail },
+        }) => {
             assert!(
                 what.contains("2001:db8::10 . 2001:db8::21 . 53000"),
                 "{what}"

@@ -102,12 +102,13 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     if settings.check {
         return check_only(settings, target.as_ref(), firewall.as_mut());
     }
-    firewall.check().context("firewall check")?;
+    // The error names the operation ("firewall check: ..."): no second context.
+    firewall.check()?;
     // A ruleset that feeds nothing to the queue gives a daemon that waits in silence.
     if let Err(e) = firewall.check_ruleset(&feed(settings)) {
         log::warn!(
             "{}; see ftp6proxy --check",
-            e.to_string().replace('\n', "; ")
+            format!("{e:#}").replace('\n', "; ")
         );
     }
     // Binding the queue, divert port or NFLOG group is exclusive: only the instance that
@@ -127,9 +128,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<i32> {
     };
     // What an earlier run left: live holes that expire by themselves are adopted (a
     // transfer announced just before a restart keeps its hole), the rest removed.
-    let taken = firewall
-        .take_over(settings.engine.ttl)
-        .context("deal with holes left by an earlier run")?;
+    let taken = firewall.take_over(settings.engine.ttl)?;
     if taken.removed > 0 {
         log::info!("removed {} holes left by an earlier run", taken.removed);
     }
@@ -245,7 +244,7 @@ fn check_only(
 ) -> anyhow::Result<i32> {
     let mut missing = Vec::new();
     if let Err(e) = firewall.check() {
-        missing.push(format!("firewall: {e}"));
+        missing.push(format!("{e:#}"));
     }
     let opened = if settings.intercept.is_copy() {
         platform::open_copy_source(settings, target).map(|copies| {
@@ -272,7 +271,7 @@ fn check_only(
     }
     match firewall.check_ruleset(&feed(settings)) {
         Ok(lines) => lines.iter().for_each(|l| println!("ftp6proxy: {l}")),
-        Err(e) => missing.push(format!("ruleset: {e}")),
+        Err(e) => missing.push(format!("{e:#}")),
     }
     match (privdrop::resolve(settings.user.as_deref()), &settings.user) {
         (Ok(id), Some(user)) => println!("ftp6proxy: user: -u {user} is uid {}", id.uid),

@@ -14,7 +14,7 @@
 //! no packets and runs no FTP logic. It is the one process that writes the log: the
 //! children's lines arrive on the log link (see `logging`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use super::messages::{
 use super::privsep::Validator;
 use super::signals::{Event as Signal, SignalPipe};
 use super::spawn::{Child, Spawn};
-use crate::firewall::Firewall;
+use crate::firewall::{self, Firewall, Op};
 use ftp6proxy_core::{FwAction, HoleSpec, Slot};
 
 /// How long the children get to stop after SIGTERM before they are killed.
@@ -94,8 +94,50 @@ struct Counters {
     worker_restarts: u64,
 }
 
+/// The firewall's failures, counted per operation and kind so that the log shows each
+/// kind at once and a firewall that refuses everything cannot flood it: the first of each
+/// (`op`, `kind`) is logged, then the 10th, the 100th, ... ([`logging::is_power_of_ten`],
+/// as the worker's and the parser's counted errors).
+#[derive(Debug, Default)]
+struct FirewallFailures {
+    seen: HashMap<(Op, &'static str), u64>,
+}
+
+impl FirewallFailures {
+    /// Counts `error`; returns the line to log when this one is to be logged.
+    fn count(&mut self, error: &firewall::Error) -> Option<String> {
+        let seen = self.seen.entry((error.op, error.kind.name())).or_default();
+        *seen += 1;
+        logging::is_power_of_ten(*seen).then(|| failure_line(error, *seen))
+    }
+
+    /// Counts `error` and logs it if its turn has come.
+    fn log(&mut self, error: &firewall::Error) {
+        if let Some(line) = self.count(error) {
+            log::error!("{line}");
+        }
+    }
+}
+
+/// `firewall op=open slot=64003 kind=refused: MESSAGE`: the operation, the slot when there
+/// is one, the kind, from the second such failure on how many there were (`count=10`),
+/// then the message with its system error.
+fn failure_line(error: &firewall::Error, count: u64) -> String {
+    let mut line = format!("firewall op={}", error.op);
+    if let Some(slot) = error.slot {
+        line.push_str(&format!(" slot={slot}"));
+    }
+    line.push_str(&format!(" kind={}", error.kind.name()));
+    if count > 1 {
+        line.push_str(&format!(" count={count}"));
+    }
+    line.push_str(&format!(": {:#}", error.kind));
+    line
+}
+
 struct Monitor<'a, S: Spawn> {
     firewall: &'a mut dyn Firewall,
+    failures: FirewallFailures,
     validator: Validator,
     spawn: S,
     worker: Option<Child>,
@@ -118,6 +160,7 @@ pub fn run<S: Spawn>(
     let Links { log, mut overflow } = links;
     let mut monitor = Monitor {
         firewall,
+        failures: FirewallFailures::default(),
         validator,
         spawn,
         worker: None,
@@ -130,7 +173,12 @@ pub fn run<S: Spawn>(
         log::error!("starting the children: {e:#}");
         monitor.stop_children();
         monitor.spawn.release_intercept();
-        clean_up(monitor.firewall, &mut monitor.validator, &log);
+        clean_up(
+            monitor.firewall,
+            &mut monitor.failures,
+            &mut monitor.validator,
+            &log,
+        );
         return 1;
     }
     #[allow(clippy::disallowed_methods)]
@@ -261,7 +309,12 @@ pub fn run<S: Spawn>(
     drain_log(&log);
     // Nothing may wait in a queue nobody reads while holes are closed at their deadlines.
     monitor.spawn.release_intercept();
-    clean_up(monitor.firewall, &mut monitor.validator, &log);
+    clean_up(
+        monitor.firewall,
+        &mut monitor.failures,
+        &mut monitor.validator,
+        &log,
+    );
     i32::from(failed)
 }
 
@@ -398,6 +451,7 @@ impl<S: Spawn> Monitor<'_, S> {
                 Ok(ToMonitor::Request(request)) => {
                     let ok = apply(
                         self.firewall,
+                        &mut self.failures,
                         &mut self.validator,
                         &request,
                         &mut self.counters,
@@ -489,9 +543,7 @@ impl<S: Spawn> Monitor<'_, S> {
             Ok(used) => used,
             Err(e) => {
                 self.counters.firewall_errors += 1;
-                if logging::is_power_of_ten(self.counters.firewall_errors) {
-                    log::error!("firewall: reading which holes were used: {e}");
-                }
+                self.failures.log(&e);
                 return;
             }
         };
@@ -519,7 +571,7 @@ impl<S: Spawn> Monitor<'_, S> {
                 close.slot()
             );
             if let Err(e) = self.firewall.apply(&close) {
-                log::error!("firewall: {e}");
+                self.failures.log(&e);
             }
             self.validator.applied(&close, true);
         }
@@ -581,6 +633,7 @@ fn describe(status: Option<Option<WaitStatus>>) -> String {
 /// Re-checks one request and applies it; returns whether the firewall now matches it.
 fn apply(
     firewall: &mut dyn Firewall,
+    failures: &mut FirewallFailures,
     validator: &mut Validator,
     request: &Request,
     counters: &mut Counters,
@@ -614,7 +667,7 @@ fn apply(
         }
         Err(e) => {
             counters.firewall_errors += 1;
-            log::error!("firewall: {e}");
+            failures.log(&e);
             validator.applied(&request.action, false);
             false
         }
@@ -639,7 +692,12 @@ fn drain_log(log: &OwnedFd) {
 /// at its deadline, at most `-t` from now (rc.d's stop waits for the monitor), and then
 /// anything else of ours is removed. Log lines of the other processes are still written
 /// while it waits.
-fn clean_up(firewall: &mut dyn Firewall, validator: &mut Validator, log: &OwnedFd) {
+fn clean_up(
+    firewall: &mut dyn Firewall,
+    failures: &mut FirewallFailures,
+    validator: &mut Validator,
+    log: &OwnedFd,
+) {
     let holes = validator.open_holes();
     if firewall.holes_expire() {
         if !holes.is_empty() {
@@ -671,13 +729,101 @@ fn clean_up(firewall: &mut dyn Firewall, validator: &mut Validator, log: &OwnedF
             }
         }
         if let Err(e) = firewall.apply(&action) {
-            log::error!("firewall: closing slot {} at exit: {e}", action.slot());
+            failures.log(&e);
         }
         validator.applied(&action, true);
     }
     match firewall.flush_owned() {
         Ok(0) => {}
         Ok(n) => log::info!("removed {n} leftover holes at exit"),
-        Err(e) => log::error!("firewall: flushing our holes at exit: {e}"),
+        Err(e) => failures.log(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+    use crate::firewall::{Error, ErrorKind};
+
+    fn refused_open(slot: u16) -> Error {
+        Error::new(
+            Op::Open,
+            Some(Slot(slot)),
+            ErrorKind::Refused {
+                what: format!("/sbin/ipfw -q add {slot} allow tcp from 2001:db8::10 to 2001:db8::21 dst-port 50123 setup keep-state // ftp6proxy"),
+                detail: "ipfw: getsockopt(IP_FW_XADD): Operation not permitted (exit status: 71)"
+                    .to_owned(),
+            },
+        )
+    }
+
+    #[test]
+    fn failure_line_gives_op_slot_and_kind_as_keys_then_the_message() {
+        assert_eq!(
+            failure_line(&refused_open(64003), 1),
+            "firewall op=open slot=64003 kind=refused: /sbin/ipfw -q add 64003 allow tcp from \
+             2001:db8::10 to 2001:db8::21 dst-port 50123 setup keep-state // ftp6proxy: ipfw: \
+             getsockopt(IP_FW_XADD): Operation not permitted (exit status: 71)"
+        );
+        let io = Error::new(
+            Op::Used,
+            None,
+            ErrorKind::Io {
+                context: "list nftables set ftp6proxy6".to_owned(),
+                source: io::Error::from_raw_os_error(libc::EPERM),
+            },
+        );
+        assert_eq!(
+            failure_line(&io, 10),
+            "firewall op=used kind=io count=10: list nftables set ftp6proxy6: Operation not \
+             permitted (os error 1)"
+        );
+    }
+
+    /// A firewall that refuses every open logs the 1st, 10th, 100th and 1000th refusal:
+    /// four lines, not a thousand.
+    #[test]
+    fn failures_are_logged_first_then_at_powers_of_ten() {
+        let mut failures = FirewallFailures::default();
+        let logged: Vec<u64> = (1..=1000u64)
+            .filter(|n| {
+                let slot = 64000 + u16::try_from(n % 100).expect("below 100");
+                failures.count(&refused_open(slot)).is_some()
+            })
+            .collect();
+        assert_eq!(logged, [1, 10, 100, 1000]);
+    }
+
+    /// Each operation and kind is counted on its own: the first refused close shows even
+    /// after a thousand refused opens, and so does the first I/O failure of an open.
+    #[test]
+    fn each_op_and_kind_is_logged_first_on_its_own() {
+        let mut failures = FirewallFailures::default();
+        for _ in 0..1000 {
+            failures.count(&refused_open(64003));
+        }
+        let close = Error {
+            op: Op::Close,
+            ..refused_open(64003)
+        };
+        assert!(failures.count(&close).is_some());
+        assert!(failures.count(&close).is_none());
+        let io = Error::new(
+            Op::Open,
+            Some(Slot(64003)),
+            ErrorKind::Io {
+                context: "start `/sbin/ipfw -q add 64003 ...`".to_owned(),
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            },
+        );
+        let line = failures
+            .count(&io)
+            .expect("the first I/O failure is logged");
+        assert!(
+            line.starts_with("firewall op=open slot=64003 kind=io: "),
+            "{line}"
+        );
     }
 }

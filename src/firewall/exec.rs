@@ -14,6 +14,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
+use super::ErrorKind;
+
 /// One command to run: the tool and its arguments, exactly as they go to `execve(2)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmd {
@@ -80,7 +82,7 @@ impl Output {
         self.status.success()
     }
 
-    /// A one-line description of a failure, for [`super::Error::Refused`]: the tool's stderr
+    /// A one-line description of a failure, for [`ErrorKind::Refused`]: the tool's stderr
     /// (trimmed, or stdout when stderr is empty) and the exit status.
     pub fn failure_detail(&self) -> String {
         let text = match self.stderr.trim() {
@@ -100,11 +102,11 @@ impl Output {
 /// output.
 ///
 /// # Errors
-/// [`super::Error::Io`] when the tool cannot be started or its pipes fail. A tool that runs
+/// [`ErrorKind::Io`] when the tool cannot be started or its pipes fail. A tool that runs
 /// and exits non-zero is *not* an error here: the caller reads [`Output::status`], because
 /// some non-zero exits are expected answers (`ipfw list` of an empty range).
-pub fn run(cmd: &Cmd, stdin: Option<&[u8]>) -> Result<Output, super::Error> {
-    let io_err = |what: &str, source: io::Error| super::Error::Io {
+pub fn run(cmd: &Cmd, stdin: Option<&[u8]>) -> Result<Output, ErrorKind> {
+    let io_err = |what: &str, source: io::Error| ErrorKind::Io {
         context: format!("{what} `{cmd}`"),
         source,
     };
@@ -184,14 +186,14 @@ fn spawn(command: &mut Command) -> io::Result<std::process::Child> {
 /// Runs `cmd` and requires exit status 0.
 ///
 /// # Errors
-/// [`super::Error::Refused`] naming `what` when the tool exits non-zero, [`super::Error::Io`]
+/// [`ErrorKind::Refused`] naming `what` when the tool exits non-zero, [`ErrorKind::Io`]
 /// when it cannot be run.
-pub fn run_ok(cmd: &Cmd, stdin: Option<&[u8]>, what: &str) -> Result<Output, super::Error> {
+pub fn run_ok(cmd: &Cmd, stdin: Option<&[u8]>, what: &str) -> Result<Output, ErrorKind> {
     let output = run(cmd, stdin)?;
     if output.success() {
         Ok(output)
     } else {
-        Err(super::Error::Refused {
+        Err(ErrorKind::Refused {
             what: what.to_owned(),
             detail: output.failure_detail(),
         })
@@ -204,12 +206,12 @@ pub fn run_ok(cmd: &Cmd, stdin: Option<&[u8]>, what: &str) -> Result<Output, sup
 /// provides it is not loaded).
 ///
 /// # Errors
-/// [`super::Error::Io`] when `sysctl` cannot be run.
+/// [`ErrorKind::Io`] when `sysctl` cannot be run.
 pub fn sysctl_value(
     sysctl: &Path,
     jail: Option<i32>,
     name: &str,
-) -> Result<Option<String>, super::Error> {
+) -> Result<Option<String>, ErrorKind> {
     let output = run(&Cmd::new(sysctl, ["-n", name]).in_jail(jail), None)?;
     if output.success() {
         Ok(Some(output.stdout.trim().to_owned()))
@@ -332,7 +334,7 @@ mod tests {
     #[test]
     fn missing_tool_is_an_io_error_naming_the_command() {
         let err = run(&Cmd::new("/nonexistent/ipfw", ["list"]), None).unwrap_err();
-        assert!(matches!(err, super::super::Error::Io { .. }), "{err:?}");
+        assert!(matches!(err, super::ErrorKind::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("/nonexistent/ipfw list"), "{err}");
     }
 
@@ -363,7 +365,7 @@ mod tests {
         let cmd = Cmd::new("/bin/echo", ["list"]).in_jail(Some(3));
         assert_eq!(cmd.to_string(), "jexec 3 /bin/echo list");
         let err = run(&cmd, None).unwrap_err();
-        assert!(matches!(err, super::super::Error::Io { .. }), "{err:?}");
+        assert!(matches!(err, super::ErrorKind::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("jexec 3 /bin/echo list"), "{err}");
     }
 }

@@ -60,7 +60,7 @@ use std::time::Duration;
 use ftp6proxy_core::{FwAction, HoleSpec, Slot};
 
 use super::exec::{self, Cmd};
-use super::{Error, Firewall};
+use super::{during, Error, ErrorKind, Firewall, Op};
 
 /// The comment every rule of ours carries (`// ftp6proxy`).
 pub const DEFAULT_TAG: &str = "ftp6proxy";
@@ -129,12 +129,12 @@ impl IpfwConfig {
 /// Parses the `-q` value for ipfw: a dummynet queue number, 1..=65535.
 ///
 /// # Errors
-/// [`Error::Setup`] when the value is not such a number (pf queue *names* mean nothing to
+/// [`ErrorKind::Setup`] when the value is not such a number (pf queue *names* mean nothing to
 /// ipfw).
 pub fn parse_queue(value: &str) -> Result<u16, Error> {
     match value.parse::<u16>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(Error::Setup(format!(
+        _ => Err(Error::configure(format!(
             "-q {}: with ipfw the queue must be a dummynet queue number 1-65535 \
              (configured with `dnctl queue N config ...`)",
             value.escape_debug()
@@ -370,9 +370,9 @@ pub fn used_slots(rules: &[CountedRule], slots: &[u16]) -> Vec<u16> {
 /// `config`'s range that holds only rules of ours.
 ///
 /// # Errors
-/// [`Error::Setup`] when any rule in the range is not ours — including one that shares a
+/// [`ErrorKind::Setup`] when any rule in the range is not ours — including one that shares a
 /// number with one of ours, since `ipfw delete N` cannot delete one without the other.
-pub fn plan_cleanup(rules: &[ListedRule], config: &IpfwConfig) -> Result<Vec<u16>, Error> {
+pub fn plan_cleanup(rules: &[ListedRule], config: &IpfwConfig) -> Result<Vec<u16>, ErrorKind> {
     let in_range = rules.iter().filter(|r| config.contains(r.number));
     let foreign: BTreeSet<u32> = in_range
         .clone()
@@ -381,7 +381,7 @@ pub fn plan_cleanup(rules: &[ListedRule], config: &IpfwConfig) -> Result<Vec<u16
         .collect();
     if !foreign.is_empty() {
         let numbers: Vec<String> = foreign.iter().map(u32::to_string).collect();
-        return Err(Error::Setup(format!(
+        return Err(ErrorKind::Setup(format!(
             "ipfw rule(s) {} sit in ftp6proxy's range {}-{} but do not carry the comment \
              `// {}`; refusing to touch them. Move them (`ipfw -S list {}-{}` shows them) or \
              choose another range with -b/-c",
@@ -430,19 +430,19 @@ impl Ipfw {
     /// A backend for `config`. Runs nothing yet.
     ///
     /// # Errors
-    /// [`Error::Setup`] when the range is empty, runs past 65535 or reaches the default
+    /// [`ErrorKind::Setup`] when the range is empty, runs past 65535 or reaches the default
     /// rule, or when the tag cannot be a one-word comment.
     pub fn new(config: IpfwConfig) -> Result<Ipfw, Error> {
         let last = u32::from(config.base) + u32::from(config.count);
         if config.count == 0 || config.base == 0 || last > 65535 {
-            return Err(Error::Setup(format!(
+            return Err(Error::configure(format!(
                 "ipfw rule range -b {} -c {} must be non-empty and lie within 1-65534 \
                  (65535 is the default rule)",
                 config.base, config.count
             )));
         }
         if !valid_tag(&config.tag) {
-            return Err(Error::Setup(format!(
+            return Err(Error::configure(format!(
                 "ipfw comment tag {:?} must be 1-64 characters of A-Z a-z 0-9 _ - .",
                 config.tag
             )));
@@ -464,12 +464,12 @@ impl Ipfw {
     }
 
     /// Lists the static rules in our range.
-    fn list(&self) -> Result<Vec<ListedRule>, Error> {
+    fn list(&self) -> Result<Vec<ListedRule>, ErrorKind> {
         self.read_range(list_args, parse_list)
     }
 
     /// The static rules in our range with their counters.
-    fn show(&self) -> Result<Vec<CountedRule>, Error> {
+    fn show(&self) -> Result<Vec<CountedRule>, ErrorKind> {
         self.read_range(show_args, parse_show)
     }
 
@@ -479,7 +479,7 @@ impl Ipfw {
         &self,
         args: fn(u16, u16) -> Vec<String>,
         parse: fn(&str, &str) -> Vec<T>,
-    ) -> Result<Vec<T>, Error> {
+    ) -> Result<Vec<T>, ErrorKind> {
         let cmd = self.cmd(args(self.config.base, self.config.end()));
         let output = exec::run(&cmd, None)?;
         if output.success() {
@@ -487,7 +487,7 @@ impl Ipfw {
         } else if is_empty_range(&output) {
             Ok(Vec::new())
         } else {
-            Err(Error::Refused {
+            Err(ErrorKind::Refused {
                 what: cmd.to_string(),
                 detail: output.failure_detail(),
             })
@@ -495,7 +495,7 @@ impl Ipfw {
     }
 
     /// Adds the rule of a hole.
-    fn add(&mut self, slot: Slot, spec: &HoleSpec) -> Result<(), Error> {
+    fn add(&mut self, slot: Slot, spec: &HoleSpec) -> Result<(), ErrorKind> {
         let cmd = self.cmd(add_args(slot, spec, self.config.queue, &self.config.tag));
         exec::run_ok(&cmd, None, &cmd.to_string())?;
         self.installed.insert(slot.0);
@@ -503,14 +503,14 @@ impl Ipfw {
     }
 
     /// Deletes rule numbers; a number that is already gone is not an error.
-    fn delete(&mut self, numbers: &[u16]) -> Result<(), Error> {
+    fn delete(&mut self, numbers: &[u16]) -> Result<(), ErrorKind> {
         if numbers.is_empty() {
             return Ok(());
         }
         let cmd = self.cmd(delete_args(numbers));
         let output = exec::run(&cmd, None)?;
         if !output.success() && !is_not_found(&output) {
-            return Err(Error::Refused {
+            return Err(ErrorKind::Refused {
                 what: cmd.to_string(),
                 detail: output.failure_detail(),
             });
@@ -521,15 +521,15 @@ impl Ipfw {
         Ok(())
     }
 
-    fn sysctl(&self, name: &str) -> Result<Option<String>, Error> {
+    fn sysctl(&self, name: &str) -> Result<Option<String>, ErrorKind> {
         exec::sysctl_value(&self.config.sysctl, self.config.jail, name)
     }
 
-    fn check_slot(&self, slot: Slot) -> Result<(), Error> {
+    fn check_slot(&self, slot: Slot) -> Result<(), ErrorKind> {
         if self.config.contains(u32::from(slot.0)) {
             Ok(())
         } else {
-            Err(Error::Refused {
+            Err(ErrorKind::Refused {
                 what: format!("ipfw rule {slot}"),
                 detail: format!(
                     "outside our range {}-{}",
@@ -543,56 +543,58 @@ impl Ipfw {
 
 impl Firewall for Ipfw {
     fn check(&mut self) -> Result<(), Error> {
-        if self.sysctl(SYSCTL_IPFW_ENABLE)?.is_none() {
-            return Err(Error::Setup(
-                "ipfw is not loaded: run `kldload ipfw` (or set firewall_enable=\"YES\" in \
+        during(Op::Check, None, || {
+            if self.sysctl(SYSCTL_IPFW_ENABLE)?.is_none() {
+                return Err(ErrorKind::Setup(
+                    "ipfw is not loaded: run `kldload ipfw` (or set firewall_enable=\"YES\" in \
                  /etc/rc.conf)"
-                    .to_owned(),
-            ));
-        }
-        let keep = self.sysctl(SYSCTL_KEEP_STATES)?;
-        self.states_survive = keep.as_deref() == Some("1");
-        if !self.states_survive && !self.config.allow_dyn_drop {
-            return Err(Error::Setup(format!(
-                "{SYSCTL_KEEP_STATES} is {}, so deleting a hole's rule after -t seconds \
+                        .to_owned(),
+                ));
+            }
+            let keep = self.sysctl(SYSCTL_KEEP_STATES)?;
+            self.states_survive = keep.as_deref() == Some("1");
+            if !self.states_survive && !self.config.allow_dyn_drop {
+                return Err(ErrorKind::Setup(format!(
+                    "{SYSCTL_KEEP_STATES} is {}, so deleting a hole's rule after -t seconds \
                  would also kill the data connection's dynamic state. Run \
                  `sysctl {SYSCTL_KEEP_STATES}=1` and add `{SYSCTL_KEEP_STATES}=1` to \
                  /etc/sysctl.conf (or start with --ipfw-allow-state-loss if transfers \
                  never outlive -t)",
-                keep.as_deref()
-                    .unwrap_or("missing (kernel older than FreeBSD 11.2?)")
-            )));
-        }
-        if let Some(queue) = self.config.queue {
-            if self.sysctl(SYSCTL_DUMMYNET)?.is_none() {
-                return Err(Error::Setup(format!(
+                    keep.as_deref()
+                        .unwrap_or("missing (kernel older than FreeBSD 11.2?)")
+                )));
+            }
+            if let Some(queue) = self.config.queue {
+                if self.sysctl(SYSCTL_DUMMYNET)?.is_none() {
+                    return Err(ErrorKind::Setup(format!(
                     "-q {queue} needs dummynet: run `kldload dummynet` (dummynet_enable=\"YES\" \
                      in /etc/rc.conf) and configure the queue with `dnctl queue {queue} config ...`"
                 )));
-            }
-            let one_pass = self.sysctl(SYSCTL_ONE_PASS)?;
-            if one_pass.as_deref() != Some("1") {
-                return Err(Error::Setup(format!(
+                }
+                let one_pass = self.sysctl(SYSCTL_ONE_PASS)?;
+                if one_pass.as_deref() != Some("1") {
+                    return Err(ErrorKind::Setup(format!(
                     "-q {queue}: {SYSCTL_ONE_PASS} is {}, so packets leaving dummynet would be \
                      filtered again after the hole rule instead of accepted. Run \
                      `sysctl {SYSCTL_ONE_PASS}=1` and add it to /etc/sysctl.conf",
                     one_pass.as_deref().unwrap_or("missing")
                 )));
+                }
             }
-        }
-        if let Some(port) = self.config.divert_port {
-            let cmd = self.cmd(vec!["-S".to_owned(), "list".to_owned()]);
-            let output = exec::run(&cmd, None)?;
-            for rule in divert_rules_not_out(&output.stdout, port) {
-                log::warn!(
-                    "ipfw rule `{rule}` diverts to port {port} without `out`: divert FTP \
+            if let Some(port) = self.config.divert_port {
+                let cmd = self.cmd(vec!["-S".to_owned(), "list".to_owned()]);
+                let output = exec::run(&cmd, None)?;
+                for rule in divert_rules_not_out(&output.stdout, port) {
+                    log::warn!(
+                        "ipfw rule `{rule}` diverts to port {port} without `out`: divert FTP \
                      control traffic on the way out only (an inbound IPv6 packet would be \
                      reinjected as outbound; see ipfw.rules.sample)"
-                );
+                    );
+                }
             }
-        }
-        // Also proves we may run ipfw, and finds foreign rules before the first hole.
-        plan_cleanup(&self.list()?, &self.config).map(drop)
+            // Also proves we may run ipfw, and finds foreign rules before the first hole.
+            plan_cleanup(&self.list()?, &self.config).map(drop)
+        })
     }
 
     /// Only when states outlive their rule (module docs, "Freeing a slot on use").
@@ -609,44 +611,50 @@ impl Firewall for Ipfw {
     /// One `ipfw -S show LO-HI`; every hole of `holes` whose rule counted its SYN is
     /// deleted (one `ipfw delete N ...`) and returned.
     fn used(&mut self, holes: &[(Slot, HoleSpec)]) -> Result<Vec<Slot>, Error> {
-        if !self.states_survive || holes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let slots: Vec<u16> = holes
-            .iter()
-            .map(|(slot, _)| slot.0)
-            .filter(|&n| self.config.contains(u32::from(n)))
-            .collect();
-        let used = used_slots(&self.show()?, &slots);
-        self.delete(&used)?;
-        Ok(used.into_iter().map(Slot).collect())
+        during(Op::Used, None, || {
+            if !self.states_survive || holes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let slots: Vec<u16> = holes
+                .iter()
+                .map(|(slot, _)| slot.0)
+                .filter(|&n| self.config.contains(u32::from(n)))
+                .collect();
+            let used = used_slots(&self.show()?, &slots);
+            self.delete(&used)?;
+            Ok(used.into_iter().map(Slot).collect())
+        })
     }
 
     fn flush_owned(&mut self) -> Result<usize, Error> {
-        let numbers = plan_cleanup(&self.list()?, &self.config)?;
-        self.delete(&numbers)?;
-        self.installed.clear();
-        Ok(numbers.len())
+        during(Op::Flush, None, || {
+            let numbers = plan_cleanup(&self.list()?, &self.config)?;
+            self.delete(&numbers)?;
+            self.installed.clear();
+            Ok(numbers.len())
+        })
     }
 
     fn apply(&mut self, action: &FwAction) -> Result<(), Error> {
-        self.check_slot(action.slot())?;
-        match *action {
-            FwAction::Open { slot, spec, .. } => {
-                if self.installed.contains(&slot.0) {
-                    self.delete(&[slot.0])?;
+        during(Op::of(action), Some(action.slot()), || {
+            self.check_slot(action.slot())?;
+            match *action {
+                FwAction::Open { slot, spec, .. } => {
+                    if self.installed.contains(&slot.0) {
+                        self.delete(&[slot.0])?;
+                    }
+                    self.add(slot, &spec)
                 }
-                self.add(slot, &spec)
+                // A re-arm of a hole whose rule was deleted on use (the monitor takes it as an
+                // open): the rule goes in again.
+                FwAction::Refresh { slot, spec, .. } if !self.installed.contains(&slot.0) => {
+                    self.add(slot, &spec)
+                }
+                // The rule has no lifetime of its own; the Close at the new deadline removes it.
+                FwAction::Refresh { .. } => Ok(()),
+                FwAction::Close { slot, .. } => self.delete(&[slot.0]),
             }
-            // A re-arm of a hole whose rule was deleted on use (the monitor takes it as an
-            // open): the rule goes in again.
-            FwAction::Refresh { slot, spec, .. } if !self.installed.contains(&slot.0) => {
-                self.add(slot, &spec)
-            }
-            // The rule has no lifetime of its own; the Close at the new deadline removes it.
-            FwAction::Refresh { .. } => Ok(()),
-            FwAction::Close { slot, .. } => self.delete(&[slot.0]),
-        }
+        })
     }
 }
 
@@ -734,7 +742,17 @@ mod tests {
         assert_eq!(parse_queue("5").unwrap(), 5);
         assert_eq!(parse_queue("65535").unwrap(), 65535);
         for bad in ["0", "65536", "-1", "ftp_bulk", "", "5 ", "5;reboot"] {
-            assert!(matches!(parse_queue(bad), Err(Error::Setup(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    parse_queue(bad),
+                    Err(Error {
+                        op: Op::Configure,
+                        kind: ErrorKind::Setup(_),
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
         }
     }
 
@@ -879,7 +897,7 @@ mod tests {
     fn foreign_rule_in_range_refuses_start() {
         let rules = parse_list(LISTING, "ftp6proxy");
         let err = plan_cleanup(&rules, &cfg(64000, 100)).unwrap_err();
-        let Error::Setup(text) = err else {
+        let ErrorKind::Setup(text) = err else {
             panic!("expected a setup error")
         };
         assert!(text.contains("64006, 64007, 64008, 64009"), "{text}");
@@ -1073,7 +1091,14 @@ esac"#
             "64003 set 0 allow tcp from any to any // ftp6proxy\n64004 set 0 deny ip from any to any\n",
         );
         let mut fw = fake.ipfw(cfg(64000, 100));
-        assert!(matches!(fw.flush_owned(), Err(Error::Setup(_))));
+        assert!(matches!(
+            fw.flush_owned(),
+            Err(Error {
+                op: Op::Flush,
+                kind: ErrorKind::Setup(_),
+                ..
+            })
+        ));
         assert_eq!(fake.log(), vec!["-S list 64000-64099"]);
     }
 
@@ -1083,7 +1108,11 @@ esac"#
         fake.file("sysctl.net.inet.ip.fw.enable", "1\n");
         fake.file("sysctl.net.inet.ip.fw.dyn_keep_states", "0\n");
         let mut fw = fake.ipfw(cfg(64000, 100));
-        let Err(Error::Setup(text)) = fw.check() else {
+        let Err(Error {
+            kind: ErrorKind::Setup(text),
+            ..
+        }) = fw.check()
+        else {
             panic!("expected a setup error")
         };
         assert!(
@@ -1103,7 +1132,11 @@ esac"#
     #[test]
     fn fake_check_reports_unloaded_ipfw() {
         let fake = Fake::new("ipfw-unloaded");
-        let Err(Error::Setup(text)) = fake.ipfw(cfg(64000, 100)).check() else {
+        let Err(Error {
+            kind: ErrorKind::Setup(text),
+            ..
+        }) = fake.ipfw(cfg(64000, 100)).check()
+        else {
             panic!("expected a setup error")
         };
         assert!(text.contains("kldload ipfw"), "{text}");
@@ -1117,13 +1150,21 @@ esac"#
         let mut queued = cfg(64000, 100);
         queued.queue = Some(5);
         let mut fw = fake.ipfw(queued);
-        let Err(Error::Setup(text)) = fw.check() else {
+        let Err(Error {
+            kind: ErrorKind::Setup(text),
+            ..
+        }) = fw.check()
+        else {
             panic!("expected a setup error")
         };
         assert!(text.contains("kldload dummynet"), "{text}");
         fake.file("sysctl.net.inet.ip.dummynet.io_fast", "0\n");
         fake.file("sysctl.net.inet.ip.fw.one_pass", "0\n");
-        let Err(Error::Setup(text)) = fw.check() else {
+        let Err(Error {
+            kind: ErrorKind::Setup(text),
+            ..
+        }) = fw.check()
+        else {
             panic!("expected a setup error")
         };
         assert!(text.contains("sysctl net.inet.ip.fw.one_pass=1"), "{text}");

@@ -9,6 +9,7 @@
 //! Rule builders are pure functions without a `cfg` gate so they are golden-tested on every
 //! platform; only the step that talks to the kernel or execs a tool is platform-gated.
 
+use std::fmt;
 use std::time::Duration;
 
 use ftp6proxy_core::{FwAction, HoleSpec, Slot};
@@ -23,39 +24,190 @@ pub mod nft_msg;
 pub mod nft_ruleset;
 pub mod pf;
 
-/// Why a firewall operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
+/// What the daemon asked of the firewall: the [`Firewall`] method, and for
+/// [`Firewall::apply`] the [`FwAction`]. Printed as the `op=` key of the monitor's log
+/// lines ([`Op::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Building a backend: the command line's values (`-b`/`-c`, `-q`, `--anchor`,
+    /// `--nft-table`) are checked and (nft) the netlink socket is opened. No firewall call
+    /// has happened yet.
+    Configure,
+    /// [`Firewall::check`].
+    Check,
+    /// [`Firewall::check_ruleset`].
+    CheckRuleset,
+    /// [`Firewall::flush_owned`].
+    Flush,
+    /// [`Firewall::take_over`].
+    TakeOver,
+    /// [`Firewall::apply`] of [`FwAction::Open`].
+    Open,
+    /// [`Firewall::apply`] of [`FwAction::Refresh`].
+    Refresh,
+    /// [`Firewall::apply`] of [`FwAction::Close`].
+    Close,
+    /// [`Firewall::used`].
+    Used,
+}
+
+impl Op {
+    /// The operation that applies `action`.
+    pub fn of(action: &FwAction) -> Op {
+        match action {
+            FwAction::Open { .. } => Op::Open,
+            FwAction::Refresh { .. } => Op::Refresh,
+            FwAction::Close { .. } => Op::Close,
+        }
+    }
+
+    /// One lower-case word, for `op=` in log lines and for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Configure => "configure",
+            Op::Check => "check",
+            Op::CheckRuleset => "check-ruleset",
+            Op::Flush => "flush",
+            Op::TakeOver => "take-over",
+            Op::Open => "open",
+            Op::Refresh => "refresh",
+            Op::Close => "close",
+            Op::Used => "used",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a firewall operation failed: the operation, the slot it was about (when there is
+/// one), and what went wrong (globset's `Error { glob, kind }`).
+///
+/// `Display` gives one line, `firewall OP[ slot N]: MESSAGE` (a [`Op::Configure`] error
+/// gives the message alone: it names the option it is about). For [`ErrorKind::Io`] the
+/// system error is the [`source`](std::error::Error::source), so a chain printer
+/// (anyhow's `{:#}`) shows it once; the alternate form `{:#}` of this type appends it
+/// too, for a log line printed on its own.
+#[derive(Debug)]
+pub struct Error {
+    /// What was asked of the firewall.
+    pub op: Op,
+    /// The hole's slot, for [`Op::Open`], [`Op::Refresh`] and [`Op::Close`].
+    pub slot: Option<Slot>,
+    /// What went wrong.
+    pub kind: ErrorKind,
+}
+
+/// What went wrong in a firewall [`Error`].
+#[derive(Debug)]
+pub enum ErrorKind {
     /// Occurs when the firewall is not set up the way the daemon needs (a missing set, a
-    /// sysctl with the wrong value, a foreign rule in our range). The text says how to fix it.
-    #[error("{0}")]
+    /// sysctl with the wrong value, a foreign rule in our range), or a command-line value
+    /// is unusable. The text says how to fix it.
     Setup(String),
-    /// Occurs when the kernel or the firewall tool refused a change.
-    #[error("{what}: {detail}")]
+    /// Occurs when the kernel or the firewall tool refused a change or a query.
     Refused {
-        /// The operation, e.g. `add element 2001:db8::10 . 2001:db8::21 . 50123`.
+        /// What was refused, as the admin would type it: the tool's command line, e.g.
+        /// `/sbin/ipfw -q add 64003 allow tcp ...`, or the nft operation, e.g.
+        /// `add element inet filter ftp6proxy6 { 2001:db8::10 . 2001:db8::21 . 50123 }`.
         what: String,
         /// The kernel's or tool's answer.
         detail: String,
     },
     /// Occurs when talking to the kernel or running the tool failed.
-    #[error("{context}: {source}")]
     Io {
-        /// What was being done.
+        /// What was being done, e.g. ``start `/sbin/ipfw -S list 64000-64099` ``.
         context: String,
         /// The system error.
-        #[source]
         source: std::io::Error,
     },
 }
 
+impl ErrorKind {
+    /// One lower-case word, for `kind=` in log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ErrorKind::Setup(_) => "setup",
+            ErrorKind::Refused { .. } => "refused",
+            ErrorKind::Io { .. } => "io",
+        }
+    }
+}
+
+/// The message alone; `{:#}` appends the system error of [`ErrorKind::Io`].
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorKind::Setup(text) => f.write_str(text),
+            ErrorKind::Refused { what, detail } => write!(f, "{what}: {detail}"),
+            ErrorKind::Io { context, source } if f.alternate() => {
+                write!(f, "{context}: {source}")
+            }
+            ErrorKind::Io { context, .. } => f.write_str(context),
+        }
+    }
+}
+
+impl Error {
+    /// `kind`, met while doing `op` (on `slot`).
+    pub fn new(op: Op, slot: Option<Slot>, kind: ErrorKind) -> Error {
+        Error { op, slot, kind }
+    }
+
+    /// A command-line value that cannot work: [`Op::Configure`], [`ErrorKind::Setup`].
+    pub(crate) fn configure(text: String) -> Error {
+        Error::new(Op::Configure, None, ErrorKind::Setup(text))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.op != Op::Configure {
+            write!(f, "firewall {}", self.op)?;
+            if let Some(slot) = self.slot {
+                write!(f, " slot {slot}")?;
+            }
+            f.write_str(": ")?;
+        }
+        if f.alternate() {
+            write!(f, "{:#}", self.kind)
+        } else {
+            write!(f, "{}", self.kind)
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Io { source, .. } => Some(source),
+            ErrorKind::Setup(_) | ErrorKind::Refused { .. } => None,
+        }
+    }
+}
+
+/// Runs `body`, the work of `op` (on `slot`), and gives its failure the op and slot: the
+/// one place a backend's [`Firewall`] method turns the [`ErrorKind`] of its helpers into
+/// an [`Error`].
+fn during<T>(
+    op: Op,
+    slot: Option<Slot>,
+    body: impl FnOnce() -> Result<T, ErrorKind>,
+) -> Result<T, Error> {
+    body().map_err(|kind| Error::new(op, slot, kind))
+}
+
 /// A firewall backend. Calls are synchronous; the daemon runs them in the privileged helper
-/// so they never stall the packet loop.
+/// so they never stall the packet loop. Each method's [`Error`] names its [`Op`], and
+/// [`Firewall::apply`]'s the slot.
 pub trait Firewall {
     /// Checks that the firewall is ready for us (sets, sysctls, permissions).
     ///
     /// # Errors
-    /// [`Error::Setup`] with instructions when it is not.
+    /// [`ErrorKind::Setup`] with instructions when it is not.
     fn check(&mut self) -> Result<(), Error>;
 
     /// `--check` (and a warning at start): does the kernel's ruleset feed the intercept
@@ -64,7 +216,7 @@ pub trait Firewall {
     /// A backend that cannot read its ruleset says so in its one line.
     ///
     /// # Errors
-    /// [`Error::Setup`] naming each missing piece.
+    /// [`ErrorKind::Setup`] naming each missing piece.
     fn check_ruleset(&mut self, feed: &Feed) -> Result<Vec<String>, Error> {
         let _ = feed;
         Ok(vec![
@@ -136,10 +288,12 @@ pub trait Firewall {
     /// As [`Firewall::flush_owned`].
     fn take_over(&mut self, max_left: Duration) -> Result<TakeOver, Error> {
         let _ = max_left;
-        Ok(TakeOver {
-            kept: 0,
-            removed: self.flush_owned()?,
-        })
+        // The flush is this take-over's work: its failure is one of the take-over.
+        let removed = self.flush_owned().map_err(|e| Error {
+            op: Op::TakeOver,
+            ..e
+        })?;
+        Ok(TakeOver { kept: 0, removed })
     }
 }
 
@@ -170,6 +324,150 @@ pub struct TakeOver {
     pub kept: usize,
     /// Holes removed.
     pub removed: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn refused() -> ErrorKind {
+        ErrorKind::Refused {
+            what: "add element inet filter ftp6proxy6 { 2001:db8::10 . 2001:db8::21 . 50123 } \
+                   timeout 2000ms"
+                .to_owned(),
+            detail: "Operation not permitted (os error 1) (needs CAP_NET_ADMIN)".to_owned(),
+        }
+    }
+
+    fn io() -> ErrorKind {
+        ErrorKind::Io {
+            context: "start `/sbin/ipfw -S list 64000-64099`".to_owned(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        }
+    }
+
+    #[test]
+    fn refused_names_op_slot_and_what_was_refused() {
+        let e = Error::new(Op::Open, Some(Slot(64003)), refused());
+        assert_eq!(
+            e.to_string(),
+            "firewall open slot 64003: add element inet filter ftp6proxy6 { 2001:db8::10 . \
+             2001:db8::21 . 50123 } timeout 2000ms: Operation not permitted (os error 1) \
+             (needs CAP_NET_ADMIN)"
+        );
+        assert_eq!(format!("{e:#}"), e.to_string(), "no source to append");
+        assert!(std::error::Error::source(&e).is_none());
+    }
+
+    #[test]
+    fn refused_without_slot() {
+        let e = Error::new(Op::Flush, None, refused());
+        assert!(
+            e.to_string()
+                .starts_with("firewall flush: add element inet"),
+            "{e}"
+        );
+    }
+
+    /// The system error is the source: `{}` leaves it to a chain printer (anyhow), `{:#}`
+    /// appends it for a line printed on its own; neither prints it twice.
+    #[test]
+    fn io_error_is_the_source_and_printed_once() {
+        let e = Error::new(Op::Close, Some(Slot(64099)), io());
+        assert_eq!(
+            e.to_string(),
+            "firewall close slot 64099: start `/sbin/ipfw -S list 64000-64099`"
+        );
+        assert_eq!(
+            format!("{e:#}"),
+            "firewall close slot 64099: start `/sbin/ipfw -S list 64000-64099`: \
+             No such file or directory (os error 2)"
+        );
+        let source = std::error::Error::source(&e).expect("the io error");
+        assert_eq!(source.to_string(), "No such file or directory (os error 2)");
+        assert_eq!(
+            format!(
+                "{:#}",
+                anyhow::Error::from(Error::new(Op::Flush, None, io()))
+            ),
+            "firewall flush: start `/sbin/ipfw -S list 64000-64099`: \
+             No such file or directory (os error 2)"
+        );
+    }
+
+    /// Setup texts are instructions: printed unchanged after the operation.
+    #[test]
+    fn setup_keeps_its_text_after_the_op() {
+        let text = "ipfw is not loaded: run `kldload ipfw` (or set firewall_enable=\"YES\" in \
+                    /etc/rc.conf)";
+        let e = Error::new(Op::Check, None, ErrorKind::Setup(text.to_owned()));
+        assert_eq!(e.to_string(), format!("firewall check: {text}"));
+        assert_eq!(format!("{e:#}"), e.to_string());
+        let with_slot = Error::new(Op::Open, Some(Slot(7)), ErrorKind::Setup(text.to_owned()));
+        assert_eq!(
+            with_slot.to_string(),
+            format!("firewall open slot 7: {text}")
+        );
+    }
+
+    /// A command-line value's error names its option itself and comes before any firewall
+    /// call: no prefix.
+    #[test]
+    fn configure_error_is_the_text_alone() {
+        let e = Error::configure("set prefix \"x\" is too long".to_owned());
+        assert_eq!(e.to_string(), "set prefix \"x\" is too long");
+        assert_eq!(
+            (e.op, e.slot, e.kind.name()),
+            (Op::Configure, None, "setup")
+        );
+    }
+
+    #[test]
+    fn ops_follow_the_actions() {
+        use test_holes::{open, v6};
+        assert_eq!(Op::of(&open(64003, v6())), Op::Open);
+        let refresh = FwAction::Refresh {
+            slot: Slot(1),
+            spec: v6(),
+            ttl: Duration::from_secs(2),
+        };
+        assert_eq!(Op::of(&refresh), Op::Refresh);
+        let close = FwAction::Close {
+            slot: Slot(1),
+            spec: v6(),
+        };
+        assert_eq!(Op::of(&close), Op::Close);
+        assert_eq!(Op::CheckRuleset.to_string(), "check-ruleset");
+        assert_eq!(Op::TakeOver.name(), "take-over");
+    }
+
+    /// A backend that cannot flush.
+    struct Stuck;
+
+    impl Firewall for Stuck {
+        fn check(&mut self) -> Result<(), Error> {
+            Ok(())
+        }
+        fn flush_owned(&mut self) -> Result<usize, Error> {
+            during(Op::Flush, None, || Err(io()))
+        }
+        fn apply(&mut self, action: &FwAction) -> Result<(), Error> {
+            during(Op::of(action), Some(action.slot()), || Err(refused()))
+        }
+    }
+
+    /// The default take-over is a flush; its failure is the take-over's.
+    #[test]
+    fn default_take_over_failure_names_take_over() {
+        let e = Stuck.take_over(Duration::from_secs(2)).unwrap_err();
+        assert_eq!((e.op, e.kind.name()), (Op::TakeOver, "io"));
+        let e = Stuck
+            .apply(&test_holes::open(64003, test_holes::v6()))
+            .unwrap_err();
+        assert_eq!((e.op, e.slot), (Op::Open, Some(Slot(64003))));
+    }
 }
 
 /// Holes shared by the backends' golden tests and the privsep tests.

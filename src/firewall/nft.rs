@@ -40,7 +40,7 @@ use super::nft_msg::{
     NftConfig, SetInfo, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM,
 };
 use super::nft_ruleset::{self, AnonSets, Chain, Needs, Rule};
-use super::{Error, Feed, Firewall, TakeOver};
+use super::{during, Error, ErrorKind, Feed, Firewall, Op, TakeOver};
 use crate::netlink::{
     self, messages, nfnl_type, Socket, NFNL_SUBSYS_NFTABLES, NLMSG_DONE, NLMSG_ERROR,
 };
@@ -82,12 +82,13 @@ impl Nft {
     /// [`Firewall::check`], [`Firewall::flush_owned`] and [`Firewall::apply`].
     ///
     /// # Errors
-    /// [`Error::Setup`] for a bad table spec or prefix, [`Error::Io`] if the socket fails.
+    /// [`ErrorKind::Setup`] for a bad table spec or prefix, [`ErrorKind::Io`] if the
+    /// socket fails; both [`Op::Configure`].
     pub fn open(table_spec: &str, prefix: &str) -> Result<Nft, Error> {
         let cfg = NftConfig::new(table_spec, prefix)?;
-        let sock = Socket::open().map_err(|source| Error::Io {
-            context: "open NETLINK_NETFILTER socket for nftables".to_owned(),
-            source,
+        let sock = Socket::open().map_err(|source| {
+            let context = "open NETLINK_NETFILTER socket for nftables".to_owned();
+            Error::new(Op::Configure, None, ErrorKind::Io { context, source })
         })?;
         let tv = libc::timeval {
             tv_sec: libc::time_t::try_from(ANSWER_TIMEOUT.as_secs()).unwrap_or(2),
@@ -105,10 +106,11 @@ impl Nft {
             )
         };
         if rc < 0 {
-            return Err(Error::Io {
+            let kind = ErrorKind::Io {
                 context: "set nftables socket timeout".to_owned(),
                 source: io::Error::last_os_error(),
-            });
+            };
+            return Err(Error::new(Op::Configure, None, kind));
         }
         Ok(Nft {
             cfg,
@@ -133,8 +135,8 @@ impl Nft {
         abort_seq: Option<u32>,
         mut on_msg: impl FnMut(netlink::Msg<'_>) -> Result<(), netlink::ParseError>,
         what: &str,
-    ) -> Result<Answers, Error> {
-        let io_err = |source: io::Error| Error::Io {
+    ) -> Result<Answers, ErrorKind> {
+        let io_err = |source: io::Error| ErrorKind::Io {
             context: what.to_owned(),
             source,
         };
@@ -184,7 +186,7 @@ impl Nft {
     }
 
     /// Sends a batch and returns the first error (seq, errno) if the kernel refused it.
-    fn run_batch(&mut self, batch: &Batch, what: &str) -> Result<Option<(u32, i32)>, Error> {
+    fn run_batch(&mut self, batch: &Batch, what: &str) -> Result<Option<(u32, i32)>, ErrorKind> {
         let answers = self.talk(
             &batch.bytes,
             &batch.acks,
@@ -198,7 +200,7 @@ impl Nft {
         // Without an error, every message must have been acknowledged: that is the
         // confirmation the hole is in place.
         if let Some(&missing) = batch.acks.iter().find(|&&s| answers.errno(s).is_none()) {
-            return Err(Error::Io {
+            return Err(ErrorKind::Io {
                 context: what.to_owned(),
                 source: io::Error::other(format!("no acknowledgement for message {missing}")),
             });
@@ -228,7 +230,7 @@ impl Nft {
     }
 
     /// GETTABLE: `Ok(false)` when the table does not exist.
-    fn table_exists(&mut self) -> Result<bool, Error> {
+    fn table_exists(&mut self) -> Result<bool, ErrorKind> {
         let seq = self.seqs(1);
         let bytes = build_get_table(&self.cfg, seq);
         let answers = self.talk(&bytes, &[seq], None, |_| Ok(()), "query nftables table")?;
@@ -240,7 +242,7 @@ impl Nft {
     }
 
     /// GETSET: `Ok(None)` when the set does not exist.
-    fn get_set(&mut self, set: &str) -> Result<Option<SetInfo>, Error> {
+    fn get_set(&mut self, set: &str) -> Result<Option<SetInfo>, ErrorKind> {
         let seq = self.seqs(1);
         let bytes = build_get_set(&self.cfg, seq, set);
         let mut info = None;
@@ -265,7 +267,7 @@ impl Nft {
     }
 
     /// Lists the elements of `set` with a GETSETELEM dump.
-    fn list_elems(&mut self, set: &str) -> Result<Vec<ListedElem>, Error> {
+    fn list_elems(&mut self, set: &str) -> Result<Vec<ListedElem>, ErrorKind> {
         let seq = self.seqs(1);
         let bytes = build_dump_elems(&self.cfg, seq, set);
         let mut listed = Vec::new();
@@ -295,7 +297,7 @@ impl Nft {
         seq: u32,
         answer: u8,
         what: &str,
-    ) -> Result<Vec<Vec<u8>>, Error> {
+    ) -> Result<Vec<Vec<u8>>, ErrorKind> {
         let ty = nfnl_type(NFNL_SUBSYS_NFTABLES, answer);
         let mut bodies = Vec::new();
         let answers = self.talk(
@@ -318,8 +320,8 @@ impl Nft {
 
     /// Every chain and rule of every table, and the ports of the anonymous sets the rules
     /// look ports up in (`tcp dport { 21, 2121 }`).
-    fn read_ruleset(&mut self) -> Result<(Vec<Chain>, Vec<Rule>, AnonSets), Error> {
-        let bad = |what: &str, e: netlink::ParseError| Error::Io {
+    fn read_ruleset(&mut self) -> Result<(Vec<Chain>, Vec<Rule>, AnonSets), ErrorKind> {
+        let bad = |what: &str, e: netlink::ParseError| ErrorKind::Io {
             context: what.to_owned(),
             source: io::Error::new(io::ErrorKind::InvalidData, e),
         };
@@ -364,20 +366,20 @@ impl Nft {
     }
 
     /// Counts the elements of `set`.
-    fn count_elems(&mut self, set: &str) -> Result<usize, Error> {
+    fn count_elems(&mut self, set: &str) -> Result<usize, ErrorKind> {
         Ok(self.list_elems(set)?.len())
     }
 }
 
-/// Turns a kernel errno into an [`Error`], naming CAP_NET_ADMIN for EPERM.
-fn kernel_error(what: &str, errno: i32) -> Error {
+/// Turns a kernel errno into an [`ErrorKind`], naming CAP_NET_ADMIN for EPERM.
+fn kernel_error(what: &str, errno: i32) -> ErrorKind {
     let source = io::Error::from_raw_os_error(errno);
     let context = if errno == libc::EPERM {
         format!("{what} (needs CAP_NET_ADMIN)")
     } else {
         what.to_owned()
     };
-    Error::Io { context, source }
+    ErrorKind::Io { context, source }
 }
 
 impl Firewall for Nft {
@@ -386,90 +388,96 @@ impl Firewall for Nft {
     /// key length) and `flags timeout`. On failure the message lists the exact `nft`
     /// commands that fix it.
     fn check(&mut self) -> Result<(), Error> {
-        let table = self.cfg.table_spec();
-        if !self.table_exists()? {
-            return Err(Error::Setup(format!(
+        during(Op::Check, None, || {
+            let table = self.cfg.table_spec();
+            if !self.table_exists()? {
+                return Err(ErrorKind::Setup(format!(
                 "nftables table {table} does not exist; create it and our sets with:\n  nft add table {table}\n  {}\n  {}",
                 self.cfg.add_set_command(Family::V6),
                 self.cfg.add_set_command(Family::V4)
             )));
-        }
-        let mut problems = Vec::new();
-        let mut fixes = Vec::new();
-        for family in [Family::V6, Family::V4] {
-            let set = self.cfg.set_name(family);
-            match self.get_set(&set)? {
-                None => {
-                    problems.push(format!("set {set} is missing in table {table}"));
-                    fixes.push(self.cfg.add_set_command(family));
-                }
-                Some(info) => {
-                    if let Some(problem) = set_problem(&info, family) {
-                        problems.push(format!("set {set} in table {table} has {problem}"));
-                        fixes.push(format!("nft delete set {table} {set}"));
+            }
+            let mut problems = Vec::new();
+            let mut fixes = Vec::new();
+            for family in [Family::V6, Family::V4] {
+                let set = self.cfg.set_name(family);
+                match self.get_set(&set)? {
+                    None => {
+                        problems.push(format!("set {set} is missing in table {table}"));
                         fixes.push(self.cfg.add_set_command(family));
+                    }
+                    Some(info) => {
+                        if let Some(problem) = set_problem(&info, family) {
+                            problems.push(format!("set {set} in table {table} has {problem}"));
+                            fixes.push(format!("nft delete set {table} {set}"));
+                            fixes.push(self.cfg.add_set_command(family));
+                        }
                     }
                 }
             }
-        }
-        if problems.is_empty() {
-            return Ok(());
-        }
-        Err(Error::Setup(format!(
-            "{}; fix with:\n  {}",
-            problems.join("; "),
-            fixes.join("\n  ")
-        )))
+            if problems.is_empty() {
+                return Ok(());
+            }
+            Err(ErrorKind::Setup(format!(
+                "{}; fix with:\n  {}",
+                problems.join("; "),
+                fixes.join("\n  ")
+            )))
+        })
     }
 
     /// Reads the whole ruleset over netlink (`nft_ruleset`): a rule must feed NFQUEUE `-p`
     /// (copy mode: NFLOG group `-p`) for both directions of every FTP port, and a rule in our table must accept new
     /// connections found in each hole set.
     fn check_ruleset(&mut self, feed: &Feed) -> Result<Vec<String>, Error> {
-        let (chains, rules, anon) = self.read_ruleset()?;
-        let needs = Needs {
-            queue: feed.queue,
-            kind: feed.kind,
-            ftp_ports: feed.ftp_ports.clone(),
-            table_family: self.cfg.family_id,
-            table: self.cfg.table.clone(),
-            set6: self.cfg.set_name(Family::V6),
-            set4: self.cfg.set_name(Family::V4),
-        };
-        let report = nft_ruleset::analyse(&needs, &chains, &rules, &anon);
-        let mut lines = report.found;
-        lines.extend(report.notes.iter().map(|n| format!("note: {n}")));
-        if report.missing.is_empty() {
-            return Ok(lines);
-        }
-        Err(Error::Setup(format!(
-            "the ruleset is incomplete:\n  missing: {}{}",
-            report.missing.join("\n  missing: "),
-            lines.iter().map(|l| format!("\n  {l}")).collect::<String>()
-        )))
+        during(Op::CheckRuleset, None, || {
+            let (chains, rules, anon) = self.read_ruleset()?;
+            let needs = Needs {
+                queue: feed.queue,
+                kind: feed.kind,
+                ftp_ports: feed.ftp_ports.clone(),
+                table_family: self.cfg.family_id,
+                table: self.cfg.table.clone(),
+                set6: self.cfg.set_name(Family::V6),
+                set4: self.cfg.set_name(Family::V4),
+            };
+            let report = nft_ruleset::analyse(&needs, &chains, &rules, &anon);
+            let mut lines = report.found;
+            lines.extend(report.notes.iter().map(|n| format!("note: {n}")));
+            if report.missing.is_empty() {
+                return Ok(lines);
+            }
+            Err(ErrorKind::Setup(format!(
+                "the ruleset is incomplete:\n  missing: {}{}",
+                report.missing.join("\n  missing: "),
+                lines.iter().map(|l| format!("\n  {l}")).collect::<String>()
+            )))
+        })
     }
 
     /// Counts the elements of both sets, then flushes both in one transaction. The sets are
     /// ours by name, so every element in them is ours. The count is the one just before
     /// the flush; elements timing out in between are counted anyway.
     fn flush_owned(&mut self) -> Result<usize, Error> {
-        let mut count = 0;
-        for family in [Family::V6, Family::V4] {
-            let set = self.cfg.set_name(family);
-            count += self.count_elems(&set)?;
-        }
-        let seq = self.seqs(4);
-        let batch = build_flush(&self.cfg, seq);
-        let what = format!(
-            "flush sets {} and {} in {}",
-            self.cfg.set_name(Family::V6),
-            self.cfg.set_name(Family::V4),
-            self.cfg.table_spec()
-        );
-        if let Some((_, errno)) = self.run_batch(&batch, &what)? {
-            return Err(refused(what, errno));
-        }
-        Ok(count)
+        during(Op::Flush, None, || {
+            let mut count = 0;
+            for family in [Family::V6, Family::V4] {
+                let set = self.cfg.set_name(family);
+                count += self.count_elems(&set)?;
+            }
+            let seq = self.seqs(4);
+            let batch = build_flush(&self.cfg, seq);
+            let what = format!(
+                "flush sets {} and {} in {}",
+                self.cfg.set_name(Family::V6),
+                self.cfg.set_name(Family::V4),
+                self.cfg.table_spec()
+            );
+            if let Some((_, errno)) = self.run_batch(&batch, &what)? {
+                return Err(refused(what, errno));
+            }
+            Ok(count)
+        })
     }
 
     /// Set elements carry their own timeout: a hole left behind closes by itself.
@@ -482,31 +490,33 @@ impl Firewall for Nft {
     /// — a transfer announced just before a restart keeps its hole. Anything with more time
     /// left, or no timeout at all, is no live hole of ours and goes.
     fn take_over(&mut self, max_left: Duration) -> Result<TakeOver, Error> {
-        // One second of slack for the kernel's rounding of what is left.
-        let limit = u64::try_from(max_left.as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1000);
-        let mut taken = TakeOver::default();
-        for family in [Family::V6, Family::V4] {
-            let set = self.cfg.set_name(family);
-            let (keep, stale): (Vec<ListedElem>, Vec<ListedElem>) = self
-                .list_elems(&set)?
-                .into_iter()
-                .partition(|e| e.expires_ms.is_some_and(|ms| ms <= limit));
-            taken.kept += keep.len();
-            if stale.is_empty() {
-                continue;
+        during(Op::TakeOver, None, || {
+            // One second of slack for the kernel's rounding of what is left.
+            let limit = u64::try_from(max_left.as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_add(1000);
+            let mut taken = TakeOver::default();
+            for family in [Family::V6, Family::V4] {
+                let set = self.cfg.set_name(family);
+                let (keep, stale): (Vec<ListedElem>, Vec<ListedElem>) = self
+                    .list_elems(&set)?
+                    .into_iter()
+                    .partition(|e| e.expires_ms.is_some_and(|ms| ms <= limit));
+                taken.kept += keep.len();
+                if stale.is_empty() {
+                    continue;
+                }
+                let keys: Vec<Vec<u8>> = stale.into_iter().map(|e| e.key).collect();
+                let seq = self.seqs(u32::try_from(keys.len() + 2).unwrap_or(u32::MAX));
+                let batch = build_delete_keys(&self.cfg, seq, &set, &keys);
+                let what = format!("delete {} stale elements of set {set}", keys.len());
+                match self.run_batch(&batch, &what)? {
+                    None | Some((_, libc::ENOENT)) => taken.removed += keys.len(),
+                    Some((_, errno)) => return Err(refused(what, errno)),
+                }
             }
-            let keys: Vec<Vec<u8>> = stale.into_iter().map(|e| e.key).collect();
-            let seq = self.seqs(u32::try_from(keys.len() + 2).unwrap_or(u32::MAX));
-            let batch = build_delete_keys(&self.cfg, seq, &set, &keys);
-            let what = format!("delete {} stale elements of set {set}", keys.len());
-            match self.run_batch(&batch, &what)? {
-                None | Some((_, libc::ENOENT)) => taken.removed += keys.len(),
-                Some((_, errno)) => return Err(refused(what, errno)),
-            }
-        }
-        Ok(taken)
+            Ok(taken)
+        })
     }
 
     fn reports_use(&self) -> bool {
@@ -519,57 +529,61 @@ impl Firewall for Nft {
     /// that only looks elements up, every element stays to its timeout and none is
     /// reported.
     fn used(&mut self, holes: &[(Slot, HoleSpec)]) -> Result<Vec<Slot>, Error> {
-        let mut used = Vec::new();
-        for family in [Family::V6, Family::V4] {
-            let mine: Vec<&(Slot, HoleSpec)> = holes
-                .iter()
-                .filter(|(_, spec)| spec.family() == family)
-                .collect();
-            if mine.is_empty() {
-                continue;
+        during(Op::Used, None, || {
+            let mut used = Vec::new();
+            for family in [Family::V6, Family::V4] {
+                let mine: Vec<&(Slot, HoleSpec)> = holes
+                    .iter()
+                    .filter(|(_, spec)| spec.family() == family)
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let set = self.cfg.set_name(family);
+                let present: std::collections::HashSet<Vec<u8>> =
+                    self.list_elems(&set)?.into_iter().map(|e| e.key).collect();
+                used.extend(
+                    mine.into_iter()
+                        .filter(|(_, spec)| !present.contains(&element_key(spec)))
+                        .map(|(slot, _)| *slot),
+                );
             }
-            let set = self.cfg.set_name(family);
-            let present: std::collections::HashSet<Vec<u8>> =
-                self.list_elems(&set)?.into_iter().map(|e| e.key).collect();
-            used.extend(
-                mine.into_iter()
-                    .filter(|(_, spec)| !present.contains(&element_key(spec)))
-                    .map(|(slot, _)| *slot),
-            );
-        }
-        Ok(used)
+            Ok(used)
+        })
     }
 
     fn apply(&mut self, action: &FwAction) -> Result<(), Error> {
-        match *action {
-            FwAction::Open { slot, spec, ttl } | FwAction::Refresh { slot, spec, ttl } => {
-                let seq = self.seqs(5);
-                let batch = build_open(&self.cfg, seq, slot, &spec, ttl);
-                let what = format!(
-                    "add element {} timeout {}ms (slot {slot})",
-                    self.element_text(&spec),
-                    ttl_ms(ttl)
-                );
-                match self.run_batch(&batch, &what)? {
-                    None => Ok(()),
-                    Some((_, errno)) => Err(refused(what, errno)),
+        during(Op::of(action), Some(action.slot()), || {
+            match *action {
+                FwAction::Open { slot, spec, ttl } | FwAction::Refresh { slot, spec, ttl } => {
+                    let seq = self.seqs(5);
+                    let batch = build_open(&self.cfg, seq, slot, &spec, ttl);
+                    let what = format!(
+                        "add element {} timeout {}ms",
+                        self.element_text(&spec),
+                        ttl_ms(ttl)
+                    );
+                    match self.run_batch(&batch, &what)? {
+                        None => Ok(()),
+                        Some((_, errno)) => Err(refused(what, errno)),
+                    }
+                }
+                FwAction::Close { spec, .. } => {
+                    let seq = self.seqs(3);
+                    let batch = build_close(&self.cfg, seq, &spec);
+                    let what = format!("delete element {}", self.element_text(&spec));
+                    match self.run_batch(&batch, &what)? {
+                        // ENOENT: the kernel's timeout removed it already.
+                        None | Some((_, libc::ENOENT)) => Ok(()),
+                        Some((_, errno)) => Err(refused(what, errno)),
+                    }
                 }
             }
-            FwAction::Close { slot, spec } => {
-                let seq = self.seqs(3);
-                let batch = build_close(&self.cfg, seq, &spec);
-                let what = format!("delete element {} (slot {slot})", self.element_text(&spec));
-                match self.run_batch(&batch, &what)? {
-                    // ENOENT: the kernel's timeout removed it already.
-                    None | Some((_, libc::ENOENT)) => Ok(()),
-                    Some((_, errno)) => Err(refused(what, errno)),
-                }
-            }
-        }
+        })
     }
 }
 
-fn refused(what: String, errno: i32) -> Error {
+fn refused(what: String, errno: i32) -> ErrorKind {
     let err = io::Error::from_raw_os_error(errno);
     let hint = match errno {
         libc::EPERM => " (needs CAP_NET_ADMIN)",
@@ -577,7 +591,7 @@ fn refused(what: String, errno: i32) -> Error {
         libc::EINVAL => " (set definition does not match: run with --check)",
         _ => "",
     };
-    Error::Refused {
+    ErrorKind::Refused {
         what,
         detail: format!("{err}{hint}"),
     }

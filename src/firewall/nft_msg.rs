@@ -149,24 +149,26 @@ impl NftConfig {
     /// prefix, e.g. `ftp6proxy`).
     ///
     /// # Errors
-    /// [`Error::Setup`] for an unknown family or a bad name.
+    /// [`super::ErrorKind::Setup`] for an unknown family or a bad name.
     pub fn new(table_spec: &str, prefix: &str) -> Result<NftConfig, Error> {
         let mut words = table_spec.split_whitespace();
         let (Some(family), Some(table), None) = (words.next(), words.next(), words.next()) else {
-            return Err(Error::Setup(format!(
+            return Err(Error::configure(format!(
                 "--nft-table wants \"FAMILY NAME\" (e.g. \"inet filter\"), got {:?}",
                 table_spec
             )));
         };
         let Some(&(family, family_id)) = FAMILIES.iter().find(|(name, _)| *name == family) else {
-            return Err(Error::Setup(format!(
+            return Err(Error::configure(format!(
                 "unknown nftables family {family:?} (one of ip, ip6, inet, arp, bridge, netdev)"
             )));
         };
         check_name("table", table)?;
         check_name("set prefix", prefix)?;
         if prefix.len() + 1 > NAME_MAX {
-            return Err(Error::Setup(format!("set prefix {prefix:?} is too long")));
+            return Err(Error::configure(format!(
+                "set prefix {prefix:?} is too long"
+            )));
         }
         Ok(NftConfig {
             family,
@@ -214,7 +216,7 @@ fn check_name(what: &str, name: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Setup(format!(
+        Err(Error::configure(format!(
             "bad nftables {what} name {name:?} (letters, digits, _ - . only)"
         )))
     }

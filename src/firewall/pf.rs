@@ -57,7 +57,7 @@ use std::time::Duration;
 use ftp6proxy_core::{Family, FwAction, HoleSpec, Slot};
 
 use super::exec::{self, Cmd};
-use super::{Error, Firewall};
+use super::{during, Error, ErrorKind, Firewall, Op};
 
 /// The default anchor (`--anchor`).
 pub const DEFAULT_ANCHOR: &str = "ftp6proxy";
@@ -81,10 +81,10 @@ impl Queue {
     /// `[A-Za-z_][A-Za-z0-9_.-]*` (up to 63 characters) an ALTQ queue.
     ///
     /// # Errors
-    /// [`Error::Setup`] for anything else.
+    /// [`ErrorKind::Setup`] for anything else.
     pub fn parse(value: &str) -> Result<Queue, Error> {
         let bad = || {
-            Error::Setup(format!(
+            Error::configure(format!(
                 "-q {}: with pf the queue is a dummynet queue number 1-65535 (dnqueue) or an \
                  ALTQ queue name of letters, digits, _ . - starting with a letter or _ \
                  (at most {QNAME_MAX} characters)",
@@ -464,18 +464,18 @@ impl Pf {
     /// A backend for `config`. Runs nothing yet.
     ///
     /// # Errors
-    /// [`Error::Setup`] when the anchor name is unusable or the slot range is empty or
+    /// [`ErrorKind::Setup`] when the anchor name is unusable or the slot range is empty or
     /// runs past 65535.
     pub fn new(config: PfConfig) -> Result<Pf, Error> {
         if !valid_anchor(&config.anchor) {
-            return Err(Error::Setup(format!(
+            return Err(Error::configure(format!(
                 "--anchor {:?}: use 1-{ANCHOR_MAX} characters of A-Z a-z 0-9 _ - ., not \
                  starting with _ or . and without /",
                 config.anchor
             )));
         }
         if config.count == 0 || u32::from(config.base) + u32::from(config.count) - 1 > 65535 {
-            return Err(Error::Setup(format!(
+            return Err(Error::configure(format!(
                 "slot range -b {} -c {} must be non-empty and end at 65535 at most",
                 config.base, config.count
             )));
@@ -495,7 +495,7 @@ impl Pf {
         Cmd::new(&self.config.pfctl, args).in_jail(self.config.jail)
     }
 
-    fn flush_slot(&mut self, slot: Slot) -> Result<(), Error> {
+    fn flush_slot(&mut self, slot: Slot) -> Result<(), ErrorKind> {
         let cmd = self.cmd(flush_args(&self.config.anchor, slot));
         exec::run_ok(&cmd, None, &cmd.to_string())?;
         self.loaded.remove(&slot.0);
@@ -503,7 +503,7 @@ impl Pf {
     }
 
     /// Loads the rules of a hole into its anchor (replacing what was there).
-    fn load(&mut self, slot: Slot, spec: &HoleSpec) -> Result<(), Error> {
+    fn load(&mut self, slot: Slot, spec: &HoleSpec) -> Result<(), ErrorKind> {
         let cmd = self.cmd(load_args(&self.config.anchor, slot));
         let rules = hole_rules(spec, self.config.queue.as_ref());
         exec::run_ok(&cmd, Some(rules.as_bytes()), &cmd.to_string())?;
@@ -512,7 +512,7 @@ impl Pf {
     }
 
     /// The slots of our range that currently have an anchor.
-    fn listed_slots(&self) -> Result<Vec<u16>, Error> {
+    fn listed_slots(&self) -> Result<Vec<u16>, ErrorKind> {
         let cmd = self.cmd(list_anchors_args(&self.config.anchor));
         let output = exec::run(&cmd, None)?;
         if !output.success() {
@@ -521,7 +521,7 @@ impl Pf {
             if output.stderr.contains("not found") {
                 return Ok(Vec::new());
             }
-            return Err(Error::Refused {
+            return Err(ErrorKind::Refused {
                 what: cmd.to_string(),
                 detail: output.failure_detail(),
             });
@@ -546,11 +546,11 @@ impl Pf {
         Ok(ours)
     }
 
-    fn check_slot(&self, slot: Slot) -> Result<(), Error> {
+    fn check_slot(&self, slot: Slot) -> Result<(), ErrorKind> {
         if self.config.contains(slot.0) {
             Ok(())
         } else {
-            Err(Error::Refused {
+            Err(ErrorKind::Refused {
                 what: format!("pf anchor {}", slot_anchor(&self.config.anchor, slot)),
                 detail: "slot outside our range".to_owned(),
             })
@@ -560,24 +560,27 @@ impl Pf {
 
 impl Firewall for Pf {
     fn check(&mut self) -> Result<(), Error> {
-        let cmd = self.cmd(info_args());
-        let info = exec::run_ok(&cmd, None, &cmd.to_string())?;
-        if !parse_enabled(&info.stdout) {
-            return Err(Error::Setup(
-                "pf is not enabled: run `pfctl -e` (pf_enable=\"YES\" in /etc/rc.conf)".to_owned(),
-            ));
-        }
-        let cmd = self.cmd(main_rules_args());
-        let rules = exec::run_ok(&cmd, None, &cmd.to_string())?;
-        if !has_hook(&rules.stdout, &self.config.anchor) {
-            return Err(Error::Setup(format!(
-                "the pf ruleset never evaluates ftp6proxy's anchors: add the line\n    {}\n\
+        during(Op::Check, None, || {
+            let cmd = self.cmd(info_args());
+            let info = exec::run_ok(&cmd, None, &cmd.to_string())?;
+            if !parse_enabled(&info.stdout) {
+                return Err(ErrorKind::Setup(
+                    "pf is not enabled: run `pfctl -e` (pf_enable=\"YES\" in /etc/rc.conf)"
+                        .to_owned(),
+                ));
+            }
+            let cmd = self.cmd(main_rules_args());
+            let rules = exec::run_ok(&cmd, None, &cmd.to_string())?;
+            if !has_hook(&rules.stdout, &self.config.anchor) {
+                return Err(ErrorKind::Setup(format!(
+                    "the pf ruleset never evaluates ftp6proxy's anchors: add the line\n    {}\n\
                  to /etc/pf.conf before the rules that block FTP data connections, then run \
                  `pfctl -f /etc/pf.conf`",
-                hook_line(&self.config.anchor)
-            )));
-        }
-        Ok(())
+                    hook_line(&self.config.anchor)
+                )));
+            }
+            Ok(())
+        })
     }
 
     fn reports_use(&self) -> bool {
@@ -597,45 +600,52 @@ impl Firewall for Pf {
     /// One `pfctl -a '*' -vsr`; the anchor of every hole of `holes` whose two rules made
     /// a state is flushed (module docs) and its slot returned.
     fn used(&mut self, holes: &[(Slot, HoleSpec)]) -> Result<Vec<Slot>, Error> {
-        if holes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cmd = self.cmd(show_all_args());
-        let output = exec::run_ok(&cmd, None, &cmd.to_string())?;
-        let states = parse_hole_states(&output.stdout, &self.config.anchor);
-        let mut used = Vec::new();
-        for &(slot, _) in holes {
-            if self.config.contains(slot.0) && states.get(&slot.0).is_some_and(HoleStates::used) {
-                self.flush_slot(slot)?;
-                used.push(slot);
+        during(Op::Used, None, || {
+            if holes.is_empty() {
+                return Ok(Vec::new());
             }
-        }
-        Ok(used)
+            let cmd = self.cmd(show_all_args());
+            let output = exec::run_ok(&cmd, None, &cmd.to_string())?;
+            let states = parse_hole_states(&output.stdout, &self.config.anchor);
+            let mut used = Vec::new();
+            for &(slot, _) in holes {
+                if self.config.contains(slot.0) && states.get(&slot.0).is_some_and(HoleStates::used)
+                {
+                    self.flush_slot(slot)?;
+                    used.push(slot);
+                }
+            }
+            Ok(used)
+        })
     }
 
     fn flush_owned(&mut self) -> Result<usize, Error> {
-        let slots = self.listed_slots()?;
-        for &slot in &slots {
-            self.flush_slot(Slot(slot))?;
-        }
-        Ok(slots.len())
+        during(Op::Flush, None, || {
+            let slots = self.listed_slots()?;
+            for &slot in &slots {
+                self.flush_slot(Slot(slot))?;
+            }
+            Ok(slots.len())
+        })
     }
 
     fn apply(&mut self, action: &FwAction) -> Result<(), Error> {
-        self.check_slot(action.slot())?;
-        match *action {
-            // Loading replaces the anchor's whole ruleset, so re-opening a slot replaces it.
-            FwAction::Open { slot, spec, .. } => self.load(slot, &spec),
-            // A re-arm of a hole flushed on use (the monitor takes it as an open): the
-            // rules go in again.
-            FwAction::Refresh { slot, spec, .. } if !self.loaded.contains(&slot.0) => {
-                self.load(slot, &spec)
+        during(Op::of(action), Some(action.slot()), || {
+            self.check_slot(action.slot())?;
+            match *action {
+                // Loading replaces the anchor's whole ruleset, so re-opening a slot replaces it.
+                FwAction::Open { slot, spec, .. } => self.load(slot, &spec),
+                // A re-arm of a hole flushed on use (the monitor takes it as an open): the
+                // rules go in again.
+                FwAction::Refresh { slot, spec, .. } if !self.loaded.contains(&slot.0) => {
+                    self.load(slot, &spec)
+                }
+                // The rules have no lifetime of their own; the Close at the new deadline
+                // removes them.
+                FwAction::Refresh { .. } => Ok(()),
+                FwAction::Close { slot, .. } => self.flush_slot(slot),
             }
-            // The rules have no lifetime of their own; the Close at the new deadline
-            // removes them.
-            FwAction::Refresh { .. } => Ok(()),
-            FwAction::Close { slot, .. } => self.flush_slot(slot),
-        }
+        })
     }
 }
 
@@ -993,7 +1003,11 @@ esac"#
             "info",
             "Status: Disabled for 0 days 00:00:03 Debug: Urgent\n",
         );
-        let Err(Error::Setup(text)) = pf.check() else {
+        let Err(Error {
+            kind: ErrorKind::Setup(text),
+            ..
+        }) = pf.check()
+        else {
             panic!("expected a setup error")
         };
         assert!(text.contains("pfctl -e"), "{text}");
@@ -1004,7 +1018,11 @@ esac"#
             "Status: Enabled for 0 days 00:00:03 Debug: Urgent\n",
         );
         write(&dir, "rules", "block drop in all\n");
-        let Err(Error::Setup(text)) = pf.check() else {
+        let Err(Error {
+            kind: ErrorKind::Setup(text),
+            ..
+        }) = pf.check()
+        else {
             panic!("expected a setup error")
         };
         assert!(text.contains("anchor \"ftp6proxy/*\""), "{text}");

@@ -64,8 +64,9 @@ pub fn open_firewall(
 ) -> anyhow::Result<Box<dyn Firewall>> {
     if settings.firewall == FirewallKind::Nft {
         let table = format!("{} {}", settings.nft_table.family, settings.nft_table.name);
-        let nft = in_target(target, || Nft::open(&table, &settings.anchor))?;
-        return Ok(Box::new(nft.context("open nftables")?));
+        // Nft::open names the option or the socket step that failed: no second context.
+        let nft = in_target(target, || Nft::open(&table, &settings.anchor))??;
+        return Ok(Box::new(nft));
     }
     open_tool_firewall(settings, None)?.context("firewall backend")
 }
