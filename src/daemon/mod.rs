@@ -43,8 +43,11 @@ use spawn::Handover;
 /// Why: a packet crosses the worker and the parser and comes back, three wake-ups where
 /// the NFQUEUE floor has one. When the two run on different CPUs each hand-over is a
 /// cross-CPU wake-up (an inter-processor interrupt; a VM exit on a virtual machine); on
-/// one CPU it is a local context switch. Measured in the bench lab (2 vCPUs, A/B
-/// interleaved): NOOP p50 from about 2.1x to 1.4x the floor, round trips under load +15 %.
+/// one CPU it is a local context switch. Measured in the bench lab (2 vCPUs): NOOP p50
+/// from about 2x the floor to 1.4x (A/B interleaved) or 1.8x (a full `tools/bench` run),
+/// p99 from 1.9x to 1.5x; but round trips/s under the 32-session load about a quarter
+/// lower, the three processes sharing one CPU. Latency for throughput: an option, not a
+/// default.
 ///
 /// A fork inherits the forking thread's mask: Linux's sched_setaffinity(2) ("a child
 /// created by fork(2) inherits its parent's CPU affinity mask"); FreeBSD's libc

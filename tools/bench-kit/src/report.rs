@@ -385,13 +385,12 @@ pub fn markdown(r: &Results, page: &Page<'_>) -> String {
          - **NFQUEUE floor**: `f6pb-floor` (tools/bench-kit) reads the same NFQUEUE as \
          ftp6proxy (iptables mangle FORWARD `-j NFQUEUE`, as in the lab: this kernel has no \
          nft `queue`) and accepts every packet at once (one batch verdict per datagram, no \
-         payload, copy range 128), on the CPU ftp6proxy gets (`taskset`). It opens no holes, \
-         so the kernel helper stays on for its \
+         payload, copy range 128); with `F6PB_CPU=N` on CPU N, like ftp6proxy (`taskset`). It \
+         opens no holes, so the kernel helper stays on for its \
          data connections: its transfers/s are the kernel's plus the queue's cost.\n\
          - **ftp6proxy inline**: the release build, `-d` (foreground, as deployed otherwise) \
-         with `-b 1024 -c 60000 --cpu N` (the last CPU: the worker and the parser hand \
-         packets over on one CPU, ftp6proxy(8)), `-j f6pb-gw`, `--firewall nft`; holes are \
-         elements of the \
+         with `-b 1024 -c 60000` (with `F6PB_CPU=N` also `--cpu N`: every process on one \
+         CPU, ftp6proxy(8)), `-j f6pb-gw`, `--firewall nft`; holes are elements of the \
          lab's `ftp6proxy6` set, used up by their data connection's first packet (the \
          `delete @ftp6proxy6` rule of nftables.conf.sample). `-c` is large so that slots \
          are never what limits: the kernel helper does thousands of transfers a second here, \
