@@ -47,7 +47,9 @@ enum Sum {
     Wrong,
 }
 
-/// An IP packet carrying one TCP segment.
+/// An IP packet carrying one TCP segment. Built by hand, not with etherparse as the
+/// other tests' packets are: the checksum must also be left as offload leaves it, or
+/// wrong, which a builder that always computes it cannot do.
 fn tcp(
     src: SocketAddr,
     dst: SocketAddr,
