@@ -273,23 +273,35 @@ pub struct ListedRule {
 /// lines after it also start with a rule number). A rule is ours when the text after its
 /// last ` // ` is exactly `tag`.
 pub fn parse_list(output: &str, tag: &str) -> Vec<ListedRule> {
-    output
-        .lines()
-        .take_while(|line| !line.starts_with("## Dynamic rules"))
+    rule_lines(output)
         .filter_map(|line| {
-            let line = line.trim();
-            let line = line.strip_prefix("# DISABLED ").unwrap_or(line);
             let (number, rest) = line.split_once(' ').unwrap_or((line, ""));
             if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
             let number = number.parse::<u32>().ok()?;
-            let ours = rest
-                .rsplit_once("// ")
-                .is_some_and(|(_, comment)| comment.trim_end() == tag);
+            let ours = tagged(rest, tag);
             Some(ListedRule { number, ours })
         })
         .collect()
+}
+
+/// The lines of an `ipfw [-S] list|show` listing that may be static rules: up to
+/// `## Dynamic rules`, trimmed, with a disabled set's `# DISABLED ` taken off.
+fn rule_lines(output: &str) -> impl Iterator<Item = &str> {
+    output
+        .lines()
+        .take_while(|line| !line.starts_with("## Dynamic rules"))
+        .map(|line| {
+            let line = line.trim();
+            line.strip_prefix("# DISABLED ").unwrap_or(line)
+        })
+}
+
+/// Whether the text after a rule's last ` // ` is exactly `tag`.
+fn tagged(rule: &str, tag: &str) -> bool {
+    rule.rsplit_once("// ")
+        .is_some_and(|(_, comment)| comment.trim_end() == tag)
 }
 
 /// One static rule with its packet counter, as `ipfw -S show` prints it.
@@ -320,12 +332,8 @@ pub struct CountedRule {
 /// then no hole is ever found used, and slots free at their deadlines as without this
 /// check).
 pub fn parse_show(output: &str, tag: &str) -> Vec<CountedRule> {
-    output
-        .lines()
-        .take_while(|line| !line.starts_with("## Dynamic rules"))
+    rule_lines(output)
         .filter_map(|line| {
-            let line = line.trim();
-            let line = line.strip_prefix("# DISABLED ").unwrap_or(line);
             let mut words = line.split_whitespace();
             let number = words.next()?;
             let packets = words.next()?;
@@ -336,9 +344,7 @@ pub fn parse_show(output: &str, tag: &str) -> Vec<CountedRule> {
             }
             let number = number.parse::<u32>().ok()?;
             let packets = packets.parse::<u64>().ok()?;
-            let ours = line
-                .rsplit_once("// ")
-                .is_some_and(|(_, comment)| comment.trim_end() == tag);
+            let ours = tagged(line, tag);
             Some(CountedRule {
                 number,
                 ours,

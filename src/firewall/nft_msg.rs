@@ -533,8 +533,44 @@ pub struct ListedElem {
 /// # Errors
 /// When the message is malformed.
 pub fn elems_msg(payload: &[u8]) -> Result<Vec<ListedElem>, netlink::ParseError> {
-    let (_, body) = split_nfgenmsg(payload)?;
     let mut out = Vec::new();
+    for_each_elem(payload, |elem| {
+        let mut listed = ListedElem {
+            key: Vec::new(),
+            expires_ms: None,
+        };
+        for field in attrs(elem) {
+            let field = field?;
+            match field.ty {
+                NFTA_SET_ELEM_KEY => {
+                    for value in attrs(field.data) {
+                        let value = value?;
+                        if value.ty == NFTA_DATA_VALUE {
+                            listed.key = value.data.to_vec();
+                        }
+                    }
+                }
+                NFTA_SET_ELEM_EXPIRATION => listed.expires_ms = field.be_u64(),
+                _ => {}
+            }
+        }
+        out.push(listed);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `each` with the attributes of every element (`NFTA_LIST_ELEM`) of the element list
+/// (`NFTA_SET_ELEM_LIST_ELEMENTS`) of one `NFT_MSG_NEWSETELEM` message; attributes of other
+/// types are skipped at both levels.
+///
+/// # Errors
+/// When the message is malformed, or `each` says so.
+pub fn for_each_elem(
+    payload: &[u8],
+    mut each: impl FnMut(&[u8]) -> Result<(), netlink::ParseError>,
+) -> Result<(), netlink::ParseError> {
+    let (_, body) = split_nfgenmsg(payload)?;
     for attr in attrs(body) {
         let attr = attr?;
         if attr.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
@@ -542,32 +578,12 @@ pub fn elems_msg(payload: &[u8]) -> Result<Vec<ListedElem>, netlink::ParseError>
         }
         for elem in attrs(attr.data) {
             let elem = elem?;
-            if elem.ty != NFTA_LIST_ELEM {
-                continue;
+            if elem.ty == NFTA_LIST_ELEM {
+                each(elem.data)?;
             }
-            let mut listed = ListedElem {
-                key: Vec::new(),
-                expires_ms: None,
-            };
-            for field in attrs(elem.data) {
-                let field = field?;
-                match field.ty {
-                    NFTA_SET_ELEM_KEY => {
-                        for value in attrs(field.data) {
-                            let value = value?;
-                            if value.ty == NFTA_DATA_VALUE {
-                                listed.key = value.data.to_vec();
-                            }
-                        }
-                    }
-                    NFTA_SET_ELEM_EXPIRATION => listed.expires_ms = field.be_u64(),
-                    _ => {}
-                }
-            }
-            out.push(listed);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Deletes the elements with `keys` from `set` in one transaction.

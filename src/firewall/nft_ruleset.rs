@@ -65,7 +65,6 @@ const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
@@ -427,37 +426,27 @@ fn parse_expr(buf: &[u8]) -> Result<Expr, netlink::ParseError> {
 /// # Errors
 /// When the message is malformed.
 pub fn parse_set_elems(payload: &[u8]) -> Result<Vec<(u16, bool)>, netlink::ParseError> {
-    let (_, body) = split_nfgenmsg(payload)?;
     let mut out = Vec::new();
-    for attr in attrs(body) {
-        let attr = attr?;
-        if attr.ty != NFTA_SET_ELEM_LIST_ELEMENTS {
-            continue;
-        }
-        for elem in attrs(attr.data) {
-            let elem = elem?;
-            if elem.ty != NFTA_LIST_ELEM {
-                continue;
-            }
-            let mut key = None;
-            let mut end = false;
-            for a in attrs(elem.data) {
-                let a = a?;
-                match a.ty {
-                    NFTA_SET_ELEM_KEY => {
-                        key = data_value(&a)?
-                            .get(..2)
-                            .map(|b| u16::from_be_bytes([b[0], b[1]]));
-                    }
-                    NFTA_SET_ELEM_FLAGS => end = be_u32(&a) & NFT_SET_ELEM_INTERVAL_END != 0,
-                    _ => {}
+    super::nft_msg::for_each_elem(payload, |elem| {
+        let mut key = None;
+        let mut end = false;
+        for a in attrs(elem) {
+            let a = a?;
+            match a.ty {
+                NFTA_SET_ELEM_KEY => {
+                    key = data_value(&a)?
+                        .get(..2)
+                        .map(|b| u16::from_be_bytes([b[0], b[1]]));
                 }
-            }
-            if let Some(key) = key {
-                out.push((key, end));
+                NFTA_SET_ELEM_FLAGS => end = be_u32(&a) & NFT_SET_ELEM_INTERVAL_END != 0,
+                _ => {}
             }
         }
-    }
+        if let Some(key) = key {
+            out.push((key, end));
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
