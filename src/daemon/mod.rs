@@ -249,27 +249,24 @@ fn check_only(
     if let Err(e) = firewall.check() {
         missing.push(format!("{e:#}"));
     }
-    let opened = if settings.intercept.is_copy() {
-        platform::open_copy_source(settings, target).map(|copies| {
-            drop(copies);
-            format!(
-                "copy source: {} {} can be bound",
-                settings.intercept.name(),
-                settings.port
-            )
-        })
+    // Bound and let go at once: the check only asks whether it can be bound.
+    let (what, opened) = if settings.intercept.is_copy() {
+        (
+            "copy source",
+            platform::open_copy_source(settings, target).map(drop),
+        )
     } else {
-        platform::open_intercept(settings, target).map(|intercept| {
-            drop(intercept);
-            format!(
-                "intercept: {} {} can be bound",
-                settings.intercept.name(),
-                settings.port
-            )
-        })
+        (
+            "intercept",
+            platform::open_intercept(settings, target).map(drop),
+        )
     };
     match opened {
-        Ok(line) => println!("ftp6proxy: {line}"),
+        Ok(()) => println!(
+            "ftp6proxy: {what}: {} {} can be bound",
+            settings.intercept.name(),
+            settings.port
+        ),
         Err(e) => missing.push(format!("{e:#}")),
     }
     match firewall.check_ruleset(&feed(settings)) {

@@ -171,14 +171,7 @@ pub fn run<S: Spawn>(
     };
     if let Err(e) = monitor.start_both() {
         log::error!("starting the children: {e:#}");
-        monitor.stop_children();
-        monitor.spawn.release_intercept();
-        clean_up(
-            monitor.firewall,
-            &mut monitor.failures,
-            &mut monitor.validator,
-            &log,
-        );
+        monitor.shut_down(&log);
         return 1;
     }
     #[allow(clippy::disallowed_methods)]
@@ -304,21 +297,21 @@ pub fn run<S: Spawn>(
             break;
         }
     }
-    monitor.stop_children();
-    // The children's last words.
-    drain_log(&log);
-    // Nothing may wait in a queue nobody reads while holes are closed at their deadlines.
-    monitor.spawn.release_intercept();
-    clean_up(
-        monitor.firewall,
-        &mut monitor.failures,
-        &mut monitor.validator,
-        &log,
-    );
+    monitor.shut_down(&log);
     i32::from(failed)
 }
 
 impl<S: Spawn> Monitor<'_, S> {
+    /// The end, whichever way it came: the children stopped and their last words logged,
+    /// the intercept released (nothing may wait in a queue nobody reads while holes are
+    /// closed at their deadlines), then the holes dealt with ([`clean_up`]).
+    fn shut_down(&mut self, log: &OwnedFd) {
+        self.stop_children();
+        drain_log(log);
+        self.spawn.release_intercept();
+        clean_up(self.firewall, &mut self.failures, &mut self.validator, log);
+    }
+
     /// Starts a worker and a parser joined by a fresh link; in copy mode, the parser alone.
     fn start_both(&mut self) -> anyhow::Result<()> {
         if !self.spawn.has_worker() {
