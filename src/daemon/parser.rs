@@ -795,6 +795,35 @@ mod tests {
         lost: u64,
     }
 
+    /// The copy loop in a thread, fed by a datagram socket that reports `lost` copies:
+    /// returns the kernel's end (send copies), the monitor's end, and the thread.
+    fn start_copies(
+        handover: Option<std::fs::File>,
+        lost: u64,
+    ) -> (
+        std::os::unix::net::UnixDatagram,
+        OwnedFd,
+        std::thread::JoinHandle<nix::Result<Exit>>,
+    ) {
+        let (kernel, ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (monitor, parser_monitor) = crate::daemon::link::seqpacket_pair().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut fed = Fed {
+                sock: ours,
+                buf: vec![0; 65_536],
+                lost,
+            };
+            run_copies(
+                Engine::new(Config::default()),
+                parser_monitor,
+                &mut fed,
+                handover,
+            )
+        });
+        (kernel, monitor, thread)
+    }
+
     impl AsRawFd for Fed {
         fn as_raw_fd(&self) -> std::os::fd::RawFd {
             self.sock.as_raw_fd()
@@ -825,24 +854,9 @@ mod tests {
     /// counts, and a shutdown hands the connection over.
     #[test]
     fn copies_are_read_at_once_and_their_holes_requested() {
-        let (kernel, ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let (monitor, parser_monitor) = crate::daemon::link::seqpacket_pair().unwrap();
         let path = std::env::temp_dir().join(format!("f6p-copies-{}.state", std::process::id()));
         let handover = crate::daemon::handover::create(&path).unwrap();
-        let thread = std::thread::spawn(move || {
-            let mut fed = Fed {
-                sock: ours,
-                buf: vec![0; 65_536],
-                lost: 3,
-            };
-            run_copies(
-                Engine::new(Config::default()),
-                parser_monitor,
-                &mut fed,
-                Some(handover),
-            )
-        });
+        let (kernel, monitor, thread) = start_copies(Some(handover), 3);
         let ends = Ends {
             worker: kernel.try_clone().map(OwnedFd::from).unwrap(),
             monitor,
@@ -892,22 +906,7 @@ mod tests {
     /// The monitor going away ends the copy loop (the monitor, if alive, starts another).
     #[test]
     fn copy_loop_ends_when_the_monitor_goes() {
-        let (_kernel, ours) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let (monitor, parser_monitor) = crate::daemon::link::seqpacket_pair().unwrap();
-        let thread = std::thread::spawn(move || {
-            let mut fed = Fed {
-                sock: ours,
-                buf: vec![0; 2048],
-                lost: 0,
-            };
-            run_copies(
-                Engine::new(Config::default()),
-                parser_monitor,
-                &mut fed,
-                None,
-            )
-        });
+        let (_kernel, monitor, thread) = start_copies(None, 0);
         drop(monitor);
         assert_eq!(thread.join().unwrap(), Ok(Exit::PeerGone));
     }
