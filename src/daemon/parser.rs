@@ -123,6 +123,17 @@ struct Parser {
     stop_ordered: bool,
 }
 
+/// The poll timeout that wakes the loop at the engine's next timer (`at`), or never.
+/// Rounded up so the timer is never early; an early wake-up only costs a turn.
+fn until(at: Option<Instant>) -> PollTimeout {
+    at.map_or(PollTimeout::NONE, |at| {
+        #[allow(clippy::disallowed_methods)]
+        let left = at.saturating_duration_since(Instant::now());
+        let ms = left.as_millis().saturating_add(1).min(u128::from(u16::MAX));
+        PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
+    })
+}
+
 /// Sends one whole message on a blocking link, retrying on EINTR. Both peers always read,
 /// so this waits at most for them to catch up.
 fn tell(link: &OwnedFd, bytes: &[u8]) -> nix::Result<()> {
@@ -389,16 +400,7 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
             }
             return parser.finish(handover.take());
         }
-        let timeout = parser
-            .engine
-            .poll_timeout()
-            .map_or(PollTimeout::NONE, |at| {
-                #[allow(clippy::disallowed_methods)]
-                let left = at.saturating_duration_since(Instant::now());
-                // Round up so the timer is never early; an early wake-up only costs a turn.
-                let ms = left.as_millis().saturating_add(1).min(u128::from(u16::MAX));
-                PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
-            });
+        let timeout = until(parser.engine.poll_timeout());
         let Some(worker) = &parser.worker else {
             unreachable!("inline mode has a worker link");
         };
@@ -535,15 +537,7 @@ pub fn run_copies(
         let timeout = if more {
             PollTimeout::ZERO
         } else {
-            parser
-                .engine
-                .poll_timeout()
-                .map_or(PollTimeout::NONE, |at| {
-                    #[allow(clippy::disallowed_methods)]
-                    let left = at.saturating_duration_since(Instant::now());
-                    let ms = left.as_millis().saturating_add(1).min(u128::from(u16::MAX));
-                    PollTimeout::from(u16::try_from(ms).unwrap_or(u16::MAX))
-                })
+            until(parser.engine.poll_timeout())
         };
         let monitor_named = {
             // SAFETY: the copy source outlives this poll call.
