@@ -15,12 +15,19 @@
 //! A divert rule with no socket bound drops its packets (research §1.6): the daemon opens
 //! this socket before it installs or relies on any divert rule, and the rc.d script loads
 //! `ipdivert` via `required_modules`.
+//!
+//! A full receive buffer drops packets too, silently unless the socket has `SO_RERROR`
+//! (sys/netinet/ip_divert.c `divert_packet`, sys/kern/uipc_sockbuf.c `soroverflow_locked`;
+//! the whole story is in [`super::divert_read`]). Both users of the socket, this inline
+//! intercept and the `tee` copy source, ask for it and read through [`recv_packet`], which
+//! counts the reports.
 
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::divert_addr::{self, DivertAddr, SOCKADDR_IN_LEN};
+use super::divert_read::{self, DivertRead};
 use super::{Intercept, Packet};
 use ftp6proxy_core::engine::Checksum;
 
@@ -57,6 +64,10 @@ pub struct Divert {
     current: Option<Current>,
     /// Packets that came from an `in` rule (see `divert_addr`): counted, warned about once.
     seen_inbound: u64,
+    /// The divert port, for the warnings.
+    port: u16,
+    /// ENOBUFS reports: each says the kernel dropped at least one diverted packet.
+    overflows: u64,
 }
 
 fn is_unknown_domain(err: &io::Error) -> bool {
@@ -97,17 +108,64 @@ fn to_sockaddr_in(bytes: &[u8; SOCKADDR_IN_LEN]) -> libc::sockaddr_in {
     }
 }
 
-fn from_sockaddr_in(sin: &libc::sockaddr_in) -> [u8; SOCKADDR_IN_LEN] {
-    let mut bytes = [0u8; SOCKADDR_IN_LEN];
-    // SAFETY: reads the SOCKADDR_IN_LEN bytes of a plain-old-data struct.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            (sin as *const libc::sockaddr_in).cast::<u8>(),
-            bytes.as_mut_ptr(),
-            SOCKADDR_IN_LEN,
-        );
+/// Asks the kernel to report overflows of `fd`'s receive buffer as an ENOBUFS from the next
+/// read (`SO_RERROR`: sys/sys/socket.h; sys/kern/uipc_socket.c `sosetopt` takes it as a
+/// flag). Must come before the descriptor's rights are limited, which forbid
+/// `setsockopt(2)`. A kernel that refuses gets one warning; the socket works as before,
+/// its overflows just go uncounted.
+pub(super) fn ask_for_overflow_reports(fd: &OwnedFd, port: u16) {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int for the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RERROR,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        log::warn!("{}", divert_read::no_overflow_reports_warning(port, &err));
     }
-    bytes
+}
+
+/// Reads the next waiting packet from divert socket `fd` into `buf` and its sockaddr into
+/// `addr`: the packet's length, or `None` when nothing is waiting. An overflow report is
+/// counted in `overflows` and reading goes on (the kernel returns it only once the packets
+/// queued before the drop have been read, see `divert_read`).
+///
+/// # Errors
+/// A receive error other than those.
+pub(super) fn recv_packet(
+    fd: &OwnedFd,
+    buf: &mut [u8],
+    addr: &mut [u8; SOCKADDR_IN_LEN],
+    overflows: &mut u64,
+) -> io::Result<Option<usize>> {
+    loop {
+        let mut addr_len = SOCKADDR_IN_LEN as libc::socklen_t;
+        // SAFETY: buf and addr are valid for the lengths passed; the kernel writes at most
+        // those lengths (a sockaddr has no alignment requirement for the kernel's copyout).
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                addr.as_mut_ptr().cast::<libc::sockaddr>(),
+                &mut addr_len,
+            )
+        };
+        let result = usize::try_from(n).map_err(|_| io::Error::last_os_error());
+        match DivertRead::of(result)? {
+            DivertRead::Packet(len) => return Ok(Some(len.min(buf.len()))),
+            DivertRead::NothingWaiting => return Ok(None),
+            DivertRead::Overflowed => *overflows += 1,
+            DivertRead::Interrupted => {}
+        }
+    }
 }
 
 fn with_context(err: io::Error, port: u16, what: &str) -> io::Error {
@@ -168,13 +226,16 @@ impl Divert {
         Ok(fd)
     }
 
-    /// The intercept around a socket from [`Divert::bind_socket`].
-    pub fn from_socket(fd: OwnedFd) -> Divert {
+    /// The intercept around a socket from [`Divert::bind_socket`] on divert port `port`.
+    pub fn from_socket(fd: OwnedFd, port: u16) -> Divert {
+        ask_for_overflow_reports(&fd, port);
         Divert {
             fd,
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             current: None,
             seen_inbound: 0,
+            port,
+            overflows: 0,
         }
     }
 
@@ -214,35 +275,20 @@ impl Intercept for Divert {
 
     fn recv(&mut self) -> io::Result<Option<Packet<'_>>> {
         self.current = None;
-        // SAFETY: sockaddr_in is plain old data; zero is a valid value.
-        let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
-        let n = loop {
-            let mut sin_len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            // SAFETY: buf and sin are valid for the lengths passed; the kernel writes at
-            // most those lengths.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    0,
-                    (&mut sin as *mut libc::sockaddr_in).cast::<libc::sockaddr>(),
-                    &mut sin_len,
-                )
-            };
-            if let Ok(n) = usize::try_from(n) {
-                break n;
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(err),
-            }
+        let mut addr = [0u8; SOCKADDR_IN_LEN];
+        let before = self.overflows;
+        let read = recv_packet(&self.fd, &mut self.buf, &mut addr, &mut self.overflows);
+        if self.overflows > before {
+            log::warn!(
+                "{}",
+                divert_read::inline_overflow_warning(self.port, self.overflows)
+            );
+        }
+        let Some(len) = read? else {
+            return Ok(None);
         };
         // The sockaddr is echoed as received, so the packet goes on after its rule, in
         // the direction it was going (the rules divert `out` only: see divert_addr).
-        let addr = from_sockaddr_in(&sin);
         if DivertAddr::decode(&addr).is_ok_and(|a| a.seen_inbound()) {
             self.seen_inbound += 1;
             if self.seen_inbound == 1 {
@@ -254,7 +300,6 @@ impl Intercept for Divert {
                 );
             }
         }
-        let len = n.min(self.buf.len());
         self.current = Some(Current { len, addr });
         // divert(4) completes delayed checksums before handing a packet over.
         Ok(self.buf.get(..len).map(|bytes| Packet {
@@ -293,5 +338,9 @@ impl Intercept for Divert {
             return Ok(());
         }
         self.send(&held.packet, &held.addr)
+    }
+
+    fn overflows(&self) -> u64 {
+        self.overflows
     }
 }

@@ -15,6 +15,7 @@
 #[cfg(target_os = "freebsd")]
 pub mod divert;
 pub mod divert_addr;
+pub mod divert_read;
 #[cfg(target_os = "freebsd")]
 pub mod netgraph;
 pub mod netgraph_msg;
@@ -92,8 +93,9 @@ pub trait Intercept: AsRawFd {
     /// over is in the dead reader's memory; TCP sends it again), NFQUEUE can.
     fn adopt(&mut self) {}
 
-    /// Times this reader found its socket overflowed (packets passed unseen), where the
-    /// backend can tell (NFQUEUE's ENOBUFS); for the status line.
+    /// Times this reader found its socket overflowed, where the backend can tell (an
+    /// ENOBUFS from the socket); for the status line. NFQUEUE's fail-open passed those
+    /// packets on unseen; divert(4) dropped them (TCP sends them again).
     fn overflows(&self) -> u64 {
         0
     }
@@ -150,8 +152,10 @@ pub trait CopySource: AsRawFd {
     fn recv(&mut self) -> io::Result<Option<PacketCopy<'_>>>;
 
     /// How many copies are known to have been lost so far (the socket buffer overflowed,
-    /// or the source's own sequence numbers jumped). A lost copy is a gap in a stream,
-    /// which the engine recovers from; holes announced in it are missed.
+    /// or the source's own sequence numbers jumped). A source that learns only that its
+    /// buffer overflowed, not by how much (ipfw `tee`), counts one per overflow: at least
+    /// that many were lost. A lost copy is a gap in a stream, which the engine recovers
+    /// from; holes announced in it are missed.
     fn lost(&self) -> u64;
 }
 

@@ -21,13 +21,18 @@
 //!   hint as for `divert` (see `divert_addr`).
 //! - Only `div_attach` checks a privilege (`PRIV_NETINET_DIVERT`), so reading the bound
 //!   socket needs none, also in capability mode (`recvfrom` names no address).
+//! - sys/netinet/ip_divert.c `divert_packet`: a copy that does not fit in the socket's
+//!   buffer is freed; only the copy is lost, the original has gone on. With `SO_RERROR`
+//!   (asked for before the rights are limited) the next read says so with ENOBUFS, which
+//!   [`super::divert::recv_packet`] counts: one per report, at least one copy each (see
+//!   `divert_read`).
 
 use std::io;
-use std::mem;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use capsicum::{CapRights, FileRights, Right};
 
+use super::divert::{ask_for_overflow_reports, recv_packet};
 use super::divert_addr::{DivertAddr, SOCKADDR_IN_LEN};
 use super::{CopyMeta, CopySource, PacketCopy};
 use ftp6proxy_core::engine::Checksum;
@@ -51,21 +56,26 @@ pub(super) fn limit_to_receiving(fd: &OwnedFd) -> io::Result<()> {
 pub struct Tee {
     fd: OwnedFd,
     buf: Box<[u8]>,
+    /// ENOBUFS reports: each says at least one copy was dropped.
+    overflows: u64,
 }
 
 impl Tee {
-    /// Takes a socket from [`super::divert::Divert::bind_socket`] (bound to the `tee`
-    /// port, non-blocking) and limits it to receiving.
+    /// Takes a socket from [`super::divert::Divert::bind_socket`] (bound to `tee` port
+    /// `port`, non-blocking), asks for its overflows to be reported and limits it to
+    /// receiving.
     ///
     /// # Errors
     /// When the rights cannot be limited.
-    pub fn from_socket(fd: OwnedFd) -> io::Result<Tee> {
+    pub fn from_socket(fd: OwnedFd, port: u16) -> io::Result<Tee> {
+        ask_for_overflow_reports(&fd, port);
         limit_to_receiving(&fd).map_err(|e| {
             io::Error::new(e.kind(), format!("limit the tee socket to receiving: {e}"))
         })?;
         Ok(Tee {
             fd,
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            overflows: 0,
         })
     }
 }
@@ -79,29 +89,9 @@ impl AsRawFd for Tee {
 impl CopySource for Tee {
     fn recv(&mut self) -> io::Result<Option<PacketCopy<'_>>> {
         let mut addr = [0u8; SOCKADDR_IN_LEN];
-        let n = loop {
-            let mut addr_len = SOCKADDR_IN_LEN as libc::socklen_t;
-            // SAFETY: buf and addr are valid for the lengths passed; the kernel writes at
-            // most those lengths.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    0,
-                    addr.as_mut_ptr().cast::<libc::sockaddr>(),
-                    &mut addr_len,
-                )
-            };
-            if let Ok(n) = usize::try_from(n) {
-                break n;
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => return Ok(None),
-                _ => return Err(err),
-            }
+        let Some(len) = recv_packet(&self.fd, &mut self.buf, &mut addr, &mut self.overflows)?
+        else {
+            return Ok(None);
         };
         let meta = match DivertAddr::decode(&addr) {
             Ok(a) => CopyMeta {
@@ -111,7 +101,6 @@ impl CopySource for Tee {
             },
             Err(_) => CopyMeta::default(),
         };
-        let len = n.min(self.buf.len());
         Ok(Some(PacketCopy {
             bytes: &self.buf[..len],
             // divert_packet() completes delayed checksums before queueing the copy.
@@ -120,11 +109,9 @@ impl CopySource for Tee {
         }))
     }
 
-    /// Always 0: this source does not count copies its socket buffer could not take; the
-    /// engine still sees the gap they leave.
+    /// The overflow reports so far (a lower bound: one report may stand for several
+    /// copies); 0 on a kernel that refused `SO_RERROR` or drops without telling.
     fn lost(&self) -> u64 {
-        0
+        self.overflows
     }
 }
-
-const _: () = assert!(mem::size_of::<libc::sockaddr_in>() == SOCKADDR_IN_LEN);

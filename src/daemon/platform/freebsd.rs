@@ -66,9 +66,10 @@ pub fn open_intercept(settings: &Settings, target: Option<&Target>) -> anyhow::R
         }
         None => Divert::bind_socket(port).map_err(anyhow::Error::from),
     };
-    Ok(Divert::from_socket(socket.with_context(|| {
-        format!("divert socket on port {port}")
-    })?))
+    Ok(Divert::from_socket(
+        socket.with_context(|| format!("divert socket on port {port}"))?,
+        port,
+    ))
 }
 
 /// Opens the copy source of `--intercept tee|netgraph` while the monitor is still root
@@ -104,7 +105,7 @@ pub fn open_copy_source(
                 None => Divert::bind_socket(port).map_err(anyhow::Error::from),
             };
             let socket = socket.with_context(|| format!("tee: divert socket on port {port}"))?;
-            Ok(PlatformCopy::Tee(Tee::from_socket(socket)?))
+            Ok(PlatformCopy::Tee(Tee::from_socket(socket, port)?))
         }
         InterceptKind::Netgraph => {
             if target.is_some() {
