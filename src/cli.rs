@@ -221,6 +221,9 @@ pub struct Args {
     /// Run the daemon's processes on this CPU: the worker and the parser then hand each packet over without a cross-CPU wake-up
     #[arg(long, value_name = "n")]
     pub cpu: Option<String>,
+    /// Microseconds the worker and the parser keep polling for the next packet before they sleep (0: never): less latency for more CPU
+    #[arg(long = "busy-poll", value_name = "usec", default_value = "0")]
+    pub busy_poll: String,
     /// ipfw: start even if net.inet.ip.fw.dyn_keep_states=0 (closing a hole then cuts its transfer)
     #[arg(long = "ipfw-allow-state-loss")]
     pub ipfw_allow_state_loss: bool,
@@ -330,6 +333,8 @@ pub struct Settings {
     pub replay: Option<PathBuf>,
     /// `--cpu`: the CPU every process of the daemon runs on.
     pub cpu: Option<usize>,
+    /// `--busy-poll`: how long the worker and the parser poll before they sleep.
+    pub busy_poll: Duration,
 }
 
 /// A command-line value that is out of range; the message names the option.
@@ -495,6 +500,16 @@ impl Args {
             }
             None => None,
         };
+        let busy_poll: u64 = number(
+            "--busy-poll",
+            &self.busy_poll,
+            "must be 0..1000 microseconds",
+        )?;
+        if busy_poll > 1000 {
+            return Err(usage(format!(
+                "--busy-poll {busy_poll}: must be 0..1000 microseconds"
+            )));
+        }
         let idle: u64 = number(
             "--idle-timeout",
             &self.idle_timeout,
@@ -534,6 +549,7 @@ impl Args {
             check: self.check,
             replay: self.replay,
             cpu,
+            busy_poll: Duration::from_micros(busy_poll),
         })
     }
 }
@@ -733,6 +749,8 @@ mod tests {
             (&["--firewall", "ipfw", "-q", "fast"][..], "-q"),
             (&["--firewall", "pf", "-q", "x y"][..], "-q"),
             (&["--firewall", "nft", "-q", "1"][..], "-q"),
+            (&["--busy-poll", "1001"][..], "--busy-poll"),
+            (&["--busy-poll", "fast"][..], "--busy-poll"),
             (&["--cpu", "1024"][..], "--cpu"),
             (&["--cpu", "first"][..], "--cpu"),
         ] {
@@ -740,6 +758,19 @@ mod tests {
             assert!(line.starts_with(&format!("ftp6proxy: {option} ")), "{line}");
             assert!(!line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn busy_poll_is_microseconds_up_to_a_millisecond() {
+        assert_eq!(settings(&[]).busy_poll, Duration::ZERO, "off unless asked");
+        assert_eq!(
+            settings(&["--busy-poll", "200"]).busy_poll,
+            Duration::from_micros(200)
+        );
+        assert_eq!(
+            settings(&["--busy-poll", "1000"]).busy_poll,
+            Duration::from_millis(1)
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ftp6proxy_core::engine::{Engine, Event, Level};
 use ftp6proxy_core::FwAction;
@@ -26,6 +26,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, send, MsgFlags};
 
+use super::link;
 use super::messages::{
     FromMonitor, Request, ToMonitor, ToParser, ToWorker, MAX_FROM_MONITOR, MAX_PACKET_MESSAGE,
 };
@@ -383,13 +384,19 @@ fn read(link: &OwnedFd, buf: &mut [u8]) -> nix::Result<Read> {
 ///
 /// # Errors
 /// When a link fails other than by its peer closing it.
-pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) -> nix::Result<Exit> {
+pub fn run(
+    engine: Engine,
+    links: Links,
+    mut handover: Option<std::fs::File>,
+    busy_poll: Duration,
+) -> nix::Result<Exit> {
     let Links { worker, monitor } = links;
     let mut parser = Parser::new(engine, monitor, Some(worker));
     let mut packet_buf = vec![0u8; MAX_PACKET_MESSAGE];
     let mut monitor_buf = [0u8; MAX_FROM_MONITOR + 1];
     // The worker ended its stream (it stops, or died): no packet comes any more.
     let mut worker_done = false;
+    let mut worked = false;
     loop {
         if worker_done {
             // Every packet is read and every hole answered (or waited for in vain).
@@ -408,6 +415,13 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
             PollFd::new(worker.as_fd(), PollFlags::POLLIN),
             PollFd::new(parser.monitor.as_fd(), PollFlags::POLLIN),
         ];
+        // `--busy-poll`: after a turn that read packets, the next one may be microseconds
+        // away (the reply to the command just passed).
+        let timeout = if worked && link::busy_poll(&mut fds, busy_poll) {
+            PollTimeout::ZERO
+        } else {
+            timeout
+        };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
@@ -418,6 +432,7 @@ pub fn run(engine: Engine, links: Links, mut handover: Option<std::fs::File>) ->
         // hole is asked for).
         let named = |fd: &PollFd| fd.revents().is_some_and(|events| !events.is_empty());
         let (worker_named, monitor_named) = (named(&fds[0]), named(&fds[1]));
+        worked = worker_named;
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
         // Answers first: they release packets already waiting. A stop order does not end
@@ -528,8 +543,10 @@ pub fn run_copies(
     monitor: OwnedFd,
     copies: &mut dyn CopySource,
     mut handover: Option<std::fs::File>,
+    busy_poll: Duration,
 ) -> nix::Result<Exit> {
     let mut parser = Parser::new(engine, monitor, None);
+    let mut worked = false;
     let mut monitor_buf = [0u8; MAX_FROM_MONITOR + 1];
     let mut counters = CopyCounters::default();
     let mut more = true;
@@ -546,6 +563,11 @@ pub fn run_copies(
                 PollFd::new(source, PollFlags::POLLIN),
                 PollFd::new(parser.monitor.as_fd(), PollFlags::POLLIN),
             ];
+            let timeout = if !more && worked && link::busy_poll(&mut fds, busy_poll) {
+                PollTimeout::ZERO
+            } else {
+                timeout
+            };
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e),
@@ -554,7 +576,9 @@ pub fn run_copies(
             fds[1].revents().is_some_and(|events| !events.is_empty())
         };
         // Copies first: the engine's reaction to a copy is the first thing done with it.
+        let copies_before = counters.copies;
         more = read_copies(&mut parser, copies, &mut counters)?;
+        worked = counters.copies > copies_before;
         let status = |engine: &Engine| copy_status(engine, copies, &counters);
         if monitor_named && !parser.read_monitor(&mut monitor_buf, &status)? {
             return Ok(Exit::PeerGone);
@@ -617,14 +641,22 @@ mod tests {
     fn start(
         handover: Option<std::fs::File>,
     ) -> (Ends, std::thread::JoinHandle<nix::Result<Exit>>) {
+        start_busy_polling(handover, Duration::ZERO)
+    }
+
+    fn start_busy_polling(
+        handover: Option<std::fs::File>,
+        busy_poll: Duration,
+    ) -> (Ends, std::thread::JoinHandle<nix::Result<Exit>>) {
         let (worker, parser_worker) = crate::daemon::link::seqpacket_pair().unwrap();
         let (monitor, parser_monitor) = crate::daemon::link::seqpacket_pair().unwrap();
         let links = Links {
             worker: parser_worker,
             monitor: parser_monitor,
         };
-        let thread =
-            std::thread::spawn(move || run(Engine::new(Config::default()), links, handover));
+        let thread = std::thread::spawn(move || {
+            run(Engine::new(Config::default()), links, handover, busy_poll)
+        });
         (Ends { worker, monitor }, thread)
     }
 
@@ -687,9 +719,20 @@ mod tests {
     /// too: invariant 1). At shutdown no hole is closed and the hand-over is written.
     #[test]
     fn announcing_packet_is_released_only_after_its_answer() {
-        let path = std::env::temp_dir().join(format!("f6p-parser-{}.state", std::process::id()));
+        announcing_packet_waits_for_its_answer(Duration::ZERO, "sleeping");
+    }
+
+    /// The same with `--busy-poll`: polling changes when the parser looks, not what it does.
+    #[test]
+    fn announcing_packet_is_released_only_after_its_answer_when_busy_polling() {
+        announcing_packet_waits_for_its_answer(Duration::from_micros(300), "polling");
+    }
+
+    fn announcing_packet_waits_for_its_answer(busy_poll: Duration, name: &str) {
+        let path =
+            std::env::temp_dir().join(format!("f6p-parser-{name}-{}.state", std::process::id()));
         let handover = crate::daemon::handover::create(&path).unwrap();
-        let (ends, thread) = start(Some(handover));
+        let (ends, thread) = start_busy_polling(Some(handover), busy_poll);
         let packets = conversation();
         for (id, bytes) in packets.iter().enumerate().take(2) {
             send_packet(&ends, id as u64, bytes);
@@ -813,6 +856,7 @@ mod tests {
                 parser_monitor,
                 &mut fed,
                 handover,
+                Duration::ZERO,
             )
         });
         (kernel, monitor, thread)

@@ -175,12 +175,19 @@ impl<'a> Processes<'a> {
                     worker,
                     monitor: monitor_link,
                 };
-                parser::run(engine, links, handover.out).context("links of the parser")?;
+                parser::run(engine, links, handover.out, settings.busy_poll)
+                    .context("links of the parser")?;
             }
             (None, Some(copies)) => {
                 let copies: &mut dyn CopySource = copies;
-                parser::run_copies(engine, monitor_link, copies, handover.out)
-                    .context("the copy-mode parser")?;
+                parser::run_copies(
+                    engine,
+                    monitor_link,
+                    copies,
+                    handover.out,
+                    settings.busy_poll,
+                )
+                .context("the copy-mode parser")?;
             }
             (None, None) => unreachable!("checked above"),
         }
@@ -212,8 +219,9 @@ impl<'a> Processes<'a> {
         super::link::set_nonblocking(&parser_link)?;
         super::link::set_nonblocking(&monitor_link)?;
         self.confine(privdrop::Keep::NetAdmin)?;
-        let exit =
-            worker::Worker::new(intercept, monitor_link, Some(parser_link), signals).run()?;
+        let exit = worker::Worker::new(intercept, monitor_link, Some(parser_link), signals)
+            .busy_polling(self.settings.busy_poll)
+            .run()?;
         Ok(match exit {
             worker::Exit::Terminated => 0,
             worker::Exit::MonitorGone => 1,

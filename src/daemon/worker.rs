@@ -18,7 +18,7 @@
 //! path.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -159,6 +159,8 @@ pub struct Worker<I: Intercept> {
     scratch: Vec<u8>,
     next_packet: u64,
     counters: Counters,
+    /// `--busy-poll`.
+    busy_poll: Duration,
 }
 
 /// A socket peer that has gone away.
@@ -184,7 +186,16 @@ impl<I: Intercept> Worker<I> {
             scratch: Vec::new(),
             next_packet: 0,
             counters: Counters::default(),
+            busy_poll: Duration::ZERO,
         }
+    }
+
+    /// With `--busy-poll`: after a turn with packets or answers, polls for up to `limit`
+    /// before it sleeps.
+    #[must_use]
+    pub fn busy_polling(mut self, limit: Duration) -> Self {
+        self.busy_poll = limit;
+        self
     }
 
     /// Runs until a terminating signal or the loss of the monitor.
@@ -213,8 +224,13 @@ impl<I: Intercept> Worker<I> {
         // mio is edge-triggered: a source read only partly must be read again without
         // waiting for a new edge.
         let mut intercept_pending = true;
+        // Whether the last turn had packets or answers to handle (`--busy-poll`).
+        let mut worked = false;
         loop {
             let timeout = if intercept_pending && self.held.len() < MAX_HELD {
+                Some(Duration::ZERO)
+            } else if worked && self.busy_poll_ready() {
+                // Something became ready while polling: its edge is waiting in `poll`.
                 Some(Duration::ZERO)
             } else {
                 self.held
@@ -237,6 +253,7 @@ impl<I: Intercept> Worker<I> {
                 }
             }
             let now = Instant::now();
+            worked = parser_ready || intercept_pending;
             if parser_ready && self.read_parser().is_err() {
                 self.parser_gone(poll.registry())?;
             }
@@ -295,6 +312,24 @@ impl<I: Intercept> Worker<I> {
         }
         self.pass_all_held();
         Exit::Terminated
+    }
+
+    /// `--busy-poll`: polls the intercept and the parser's link for up to the configured
+    /// time after a turn with work; whether one of them became ready.
+    fn busy_poll_ready(&self) -> bool {
+        let Some(parser) = &self.parser else {
+            return false;
+        };
+        if self.busy_poll.is_zero() {
+            return false;
+        }
+        // SAFETY: the descriptor belongs to `self.intercept`, which outlives this borrow.
+        let intercept = unsafe { BorrowedFd::borrow_raw(self.intercept.as_raw_fd()) };
+        let mut fds = [
+            PollFd::new(intercept, PollFlags::POLLIN),
+            PollFd::new(parser.as_fd(), PollFlags::POLLIN),
+        ];
+        link::busy_poll(&mut fds, self.busy_poll)
     }
 
     /// Waits up to 50 ms for the parser's link to be ready for `flags`.
@@ -696,6 +731,33 @@ mod tests {
             assert_eq!(bytes, &packets[*index], "packet {index} changed");
         }
         assert!(rig.worker.held.is_empty());
+    }
+
+    /// `--busy-poll`: the worker notices the parser's answer while polling (its next wait
+    /// then returns at once), gives up when nothing comes, and polls not at all when off.
+    #[test]
+    fn busy_polling_sees_an_answer_and_gives_up_on_silence() {
+        let mut rig = rig();
+        // A quiet intercept (the scripted one's /dev/null is always readable).
+        let (quiet, _far_end) = link::seqpacket_pair().unwrap();
+        rig.worker.intercept.fd = File::from(quiet);
+        rig.worker.busy_poll = Duration::from_millis(2);
+        assert!(!rig.worker.read_packets(now()));
+        assert!(
+            !rig.worker.busy_poll_ready(),
+            "nothing answered, nothing arrived"
+        );
+        let ids: Vec<u64> = rig.parser_got().iter().map(|(id, _)| *id).collect();
+        let parser = rig.parser.as_ref().unwrap();
+        for datagram in ToWorker::encode_all(&ids) {
+            send(parser.as_raw_fd(), &datagram, MsgFlags::empty()).unwrap();
+        }
+        rig.worker.busy_poll = Duration::ZERO;
+        assert!(!rig.worker.busy_poll_ready(), "off: no polling");
+        rig.worker.busy_poll = Duration::from_millis(2);
+        assert!(rig.worker.busy_poll_ready(), "the answer is seen");
+        rig.worker.read_parser().unwrap();
+        assert_eq!(rig.passed(), [0, 1, 2, 3]);
     }
 
     /// Invariant 1: a silent parser delays packets by at most HOLD_LIMIT.

@@ -144,6 +144,29 @@ def test_cpu_pins_every_process_and_ftp_goes_on(tmp_path):
     assert missing.returncode != 0 and "--cpu 1023" in missing.stderr, missing.stderr
 
 
+def test_busy_poll_helps_transfers_and_every_process_lives(tmp_path):
+    """--busy-poll 200: the worker and the parser poll between packets instead of sleeping
+    (a poll with no timeout, and the clock, which the parser's seccomp filter must allow:
+    a call it refuses kills the parser, and the monitor would start a new one). Transfers in
+    both directions and families are helped, and the same worker and parser serve them
+    all. A value past 1000 us is refused naming the option."""
+    proc = start(tmp_path, "-d", "--busy-poll", "200")
+    try:
+        assert lab.wait_until(lambda: len(roles(proc.pid)) == 2, 5), "worker and parser"
+        before = roles(proc.pid)
+        for _ in range(3):
+            passive_download_works(6)
+            r = lab.curl(4, lab.PYFTPD, "hello.txt", "port")
+            assert r.returncode == 0, r.stderr
+        assert roles(proc.pid) == before, "a process died while busy polling"
+        assert proc_status(before["parser"])["Seccomp"] == "2"
+    finally:
+        stop(proc)
+    refused = subprocess.run([str(lab.daemon_binary()), "-d", "--busy-poll", "1001", *BASE_ARGS],
+                             capture_output=True, text=True, timeout=20)
+    assert refused.returncode == 64 and "--busy-poll 1001" in refused.stderr, refused.stderr
+
+
 def syslog_listening():
     import socket
     try:

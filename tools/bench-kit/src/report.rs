@@ -9,13 +9,19 @@ use std::fmt::Write as _;
 
 use crate::stats::median;
 
-/// Contender keys in column order, with their labels (`nflog`: copy mode).
-pub const CONTENDERS: [(&str, &str); 4] = [
+/// Contender keys in column order, with their labels (`busypoll`: inline with
+/// `--busy-poll`, `F6PB_BUSY_POLL` µs, 100 by default; `nflog`: copy mode).
+pub const CONTENDERS: [(&str, &str); 5] = [
     ("kernel", "kernel helper"),
     ("floor", "NFQUEUE floor"),
     ("ftp6proxy", "ftp6proxy inline"),
+    ("busypoll", "ftp6proxy inline --busy-poll"),
     ("nflog", "ftp6proxy copy (nflog)"),
 ];
+
+/// Contenders that a run may leave out, or that skip a workload: an empty cell of theirs
+/// says "not run".
+const OPTIONAL: [&str; 2] = ["busypoll", "nflog"];
 
 /// Concurrency levels of the transfer workload.
 pub const CONCURRENCY: [usize; 3] = [1, 8, 64];
@@ -187,7 +193,7 @@ pub fn table(r: &Results) -> String {
         }
         let _ = write!(s, "| {label} |");
         for (c, _) in CONTENDERS {
-            let cell = if c == "nflog" && r.get(c, &key).is_none() {
+            let cell = if OPTIONAL.contains(&c) && r.get(c, &key).is_none() {
                 "not run".into()
             } else {
                 fmt(r.get(c, &key))
@@ -249,8 +255,23 @@ pub fn targets(r: &Results) -> String {
         );
     }
     row(
+        "inline NOOP p50 ≤ 1.5× floor, with --busy-poll",
+        r.ratio("busypoll", "floor", "noop_idle_p50_us"),
+        &|x| x <= 1.5,
+    );
+    row(
+        "inline NOOP p99 ≤ 2× floor, with --busy-poll",
+        r.ratio("busypoll", "floor", "noop_idle_p99_us"),
+        &|x| x <= 2.0,
+    );
+    row(
         "round trips/s under load (32 sessions) ≥ 0.9× kernel",
         r.ratio("ftp6proxy", "kernel", "pipelined_rt_per_s"),
+        &|x| x >= 0.9,
+    );
+    row(
+        "round trips/s under load (32 sessions) ≥ 0.9× kernel, with --busy-poll",
+        r.ratio("busypoll", "kernel", "pipelined_rt_per_s"),
         &|x| x >= 0.9,
     );
     row(
@@ -273,6 +294,14 @@ pub fn targets(r: &Results) -> String {
         r.ratio("nflog", "kernel", "noop_idle_p50_us"),
         &|x| x <= 1.1,
     );
+    if let Some(bound) = r.ratio("floor", "kernel", "pipelined_rt_per_s") {
+        let _ = writeln!(
+            s,
+            "\nThe floor itself, a reader that accepts every packet at once, made {bound:.2}× \
+             the kernel helper's round trips/s under load: what any reader of the queue can \
+             reach on this machine, whatever it does with the packets."
+        );
+    }
     s
 }
 
@@ -483,6 +512,21 @@ mod tests {
         );
         assert_eq!(r.get("kernel", "xfer_c1_failed"), Some(2.0));
         assert_eq!(r.order(), "kernel floor ftp6proxy ftp6proxy floor kernel");
+    }
+
+    #[test]
+    fn targets_name_the_floor_as_the_bound_under_load() {
+        let mut text = String::new();
+        for (c, v) in [("kernel", 1000.0), ("floor", 600.0), ("ftp6proxy", 450.0)] {
+            text.push_str(&format!("{c}\t1\tpipelined_rt_per_s\t{v}\n"));
+        }
+        let t = targets(&Results::parse(&text));
+        assert!(t.contains("| 0.45 | **no** |"), "{t}");
+        assert!(t.contains("made 0.60× the kernel helper's"), "{t}");
+        assert!(
+            t.contains("| round trips/s under load (32 sessions) ≥ 0.9× kernel, with --busy-poll | n/a | — |"),
+            "{t}"
+        );
     }
 
     #[test]
