@@ -10,6 +10,7 @@ pub use daemon::run as run_daemon;
 pub mod firewall;
 pub mod intercept;
 pub mod jail;
+pub mod log_limit;
 #[cfg(target_os = "linux")]
 pub mod netlink;
 pub mod replay;

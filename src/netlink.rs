@@ -778,12 +778,14 @@ impl Datagram {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 self.overflows += 1;
-                log::warn!(
-                    "{}: receive buffer overflowed ({} times); {}",
-                    self.label,
-                    self.overflows,
-                    self.lost_means
-                );
+                if crate::log_limit::is_power_of_ten(self.overflows) {
+                    log::warn!(
+                        "{}: receive buffer overflowed ({} times); {}",
+                        self.label,
+                        self.overflows,
+                        self.lost_means
+                    );
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 self.skip_malformed(&format_args!("{e}; skipped"));

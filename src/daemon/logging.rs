@@ -190,14 +190,7 @@ pub fn write_forwarded(bytes: &[u8]) {
     }
 }
 
-/// 1, 10, 100, ...: when a counted warning or error is logged, so that it shows at once
-/// and never floods the log.
-pub fn is_power_of_ten(mut n: u64) -> bool {
-    while n >= 10 && n.is_multiple_of(10) {
-        n /= 10;
-    }
-    n == 1
-}
+pub use crate::log_limit::is_power_of_ten;
 
 /// The socket syslog(3) writes to: `/var/run/log` on FreeBSD (lib/libc/gen/syslog.c
 /// `_PATH_LOG`), `/dev/log` elsewhere.
@@ -225,12 +218,6 @@ pub fn reopen() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counted_warnings_are_logged_at_powers_of_ten() {
-        let logged: Vec<u64> = (1..=1000).filter(|&n| is_power_of_ten(n)).collect();
-        assert_eq!(logged, [1, 10, 100, 1000]);
-    }
 
     #[test]
     fn syslog_is_reachable_only_where_a_daemon_listens() {

@@ -478,8 +478,9 @@ struct CopyCounters {
     copies: u64,
     /// Read errors of the copy source (other than "nothing waiting").
     read_errors: u64,
-    /// The source's lost count when it was last logged.
-    lost_logged: u64,
+    /// The source's lost count at the last look (a warning each time it passes 1, 10,
+    /// 100, ...).
+    lost_seen: u64,
 }
 
 /// Reads up to [`COPY_BATCH`] copies and gives each to the engine at once, sending the
@@ -591,14 +592,14 @@ pub fn run_copies(
             }
         }
         let lost = copies.lost();
-        if lost > counters.lost_logged {
-            counters.lost_logged = lost;
+        if crate::log_limit::passed_power_of_ten(counters.lost_seen, lost) {
             log::warn!(
                 "{lost} copies lost so far (the copy source's socket buffer overflowed, or its \
                  sequence numbers jumped); the engine recovers from the gaps, but holes \
                  announced in them are missed"
             );
         }
+        counters.lost_seen = lost;
         if parser.stop_ordered {
             // The copies made before the order: read them, so the hand-over includes them.
             while read_copies(&mut parser, copies, &mut counters)? {}
@@ -931,7 +932,7 @@ mod tests {
         let counters = CopyCounters {
             copies: 12,
             read_errors: 1,
-            lost_logged: 0,
+            lost_seen: 0,
         };
         let line = copy_status(&Engine::new(Config::default()), &fed, &counters);
         assert!(line.starts_with("status connections="), "{line}");

@@ -278,7 +278,7 @@ impl Intercept for Divert {
         let mut addr = [0u8; SOCKADDR_IN_LEN];
         let before = self.overflows;
         let read = recv_packet(&self.fd, &mut self.buf, &mut addr, &mut self.overflows);
-        if self.overflows > before {
+        if self.overflows > before && crate::log_limit::is_power_of_ten(self.overflows) {
             log::warn!(
                 "{}",
                 divert_read::inline_overflow_warning(self.port, self.overflows)
