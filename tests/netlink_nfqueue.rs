@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::Netns;
-use ftp6proxy::intercept::nfqueue::NfQueue;
+use ftp6proxy::intercept::nfqueue::{self, NfQueue};
 use ftp6proxy::intercept::Intercept;
 
 const PORT: u16 = 2121;
@@ -261,7 +261,7 @@ fn queue_length_is_set_and_a_full_queue_fails_open() {
     let addr: SocketAddr = "[2001:db8::1]:2121".parse().unwrap();
     let listener = TcpListener::bind(addr).unwrap();
     listener.set_nonblocking(true).unwrap();
-    let mut q = NfQueue::open_with(queue, 1).unwrap();
+    let mut q = NfQueue::open_with(queue, 1, nfqueue::RCVBUF_BYTES).unwrap();
     let first = connect_in_background(addr);
     let syn = next_packet(&mut q);
     assert_syn_to_port(&syn, 6);
@@ -279,4 +279,80 @@ fn queue_length_is_set_and_a_full_queue_fails_open() {
         .join()
         .unwrap()
         .expect("the first connects after its verdict");
+}
+
+/// The last id the kernel gave a packet of queue `queue` (`id_sequence`, the eighth field of
+/// /proc/net/netfilter/nfnetlink_queue), read in this thread's namespace.
+fn id_sequence(queue: u16) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netfilter/nfnetlink_queue")
+        .expect("nfnetlink_queue in /proc");
+    text.lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 8 && f[0] == queue.to_string())
+        .map(|f| f[7].parse().expect("id_sequence is a number"))
+        .expect("the queue is listed")
+}
+
+/// With our socket's buffer full, fail-open lets packets through without a verdict. The
+/// kernel had already given each its id, so the ids we read skip them: counted exactly
+/// (`passed_unseen`), where the queue's own counters say nothing with fail-open. A socket
+/// that holds two or three messages, twenty connections at once: every id the kernel gave
+/// is either read or counted as passed unseen, and every connection completes.
+#[test]
+fn packets_passed_unseen_at_a_full_socket_are_counted_from_their_ids() {
+    let (_ns, queue) = setup();
+    let addr: SocketAddr = "[2001:db8::1]:2121".parse().unwrap();
+    let listener = TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut q = NfQueue::open_with(queue, nfqueue::QUEUE_MAXLEN, 1).unwrap();
+    let clients: Vec<_> = (0..20).map(|_| connect_in_background(addr)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut read = 0u64;
+    let start = Instant::now();
+    let mut accepted = 0;
+    while accepted < clients.len() {
+        while q.recv().expect("recv from nfqueue").is_some() {
+            read += 1;
+            q.pass_current().expect("pass");
+        }
+        match listener.accept() {
+            Ok(_) => accepted += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "{accepted} of 20 accepted within 5 s"
+        );
+    }
+    for client in clients {
+        client.join().unwrap().expect("every connect completes");
+    }
+    assert!(q.overflows() >= 1, "the socket reported its overflow");
+    assert!(q.passed_unseen() >= 1, "some packets passed unseen");
+    // One more connection with the socket drained: its packets are read, so the last id
+    // given is one we read, and every id is accounted for.
+    let last = connect_in_background(addr);
+    let start = Instant::now();
+    loop {
+        while q.recv().expect("recv from nfqueue").is_some() {
+            read += 1;
+            q.pass_current().expect("pass");
+        }
+        if listener.accept().is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT, "the last connection not accepted");
+    }
+    last.join().unwrap().expect("connects");
+    std::thread::sleep(Duration::from_millis(50));
+    while q.recv().expect("recv from nfqueue").is_some() {
+        read += 1;
+        q.pass_current().expect("pass");
+    }
+    assert_eq!(
+        read + q.passed_unseen(),
+        id_sequence(queue),
+        "every id the kernel gave was read or counted as passed unseen"
+    );
 }

@@ -346,7 +346,8 @@ impl<I: Intercept> Worker<I> {
         let c = self.counters;
         format!(
             "worker held={} parser={} passed_late={} passed_unread={} \
-             passed_without_parser={} parser_restarts={} socket_overflows={} log_dropped={}",
+             passed_without_parser={} parser_restarts={} socket_overflows={} passed_unseen={} \
+             log_dropped={}",
             self.held.len(),
             if self.parser.is_some() { "up" } else { "down" },
             c.passed_late,
@@ -354,6 +355,7 @@ impl<I: Intercept> Worker<I> {
             c.passed_without_parser,
             c.parser_restarts,
             self.intercept.overflows(),
+            self.intercept.passed_unseen(),
             super::logging::forward_dropped()
         )
     }

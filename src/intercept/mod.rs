@@ -99,6 +99,12 @@ pub trait Intercept: AsRawFd {
     fn overflows(&self) -> u64 {
         0
     }
+
+    /// Packets the OS passed on without handing them to us, where the backend can count
+    /// them (NFQUEUE fail-open at a full socket: the packet ids we never read).
+    fn passed_unseen(&self) -> u64 {
+        0
+    }
 }
 
 /// One packet copy, borrowed from the copy source's receive buffer.
@@ -163,11 +169,19 @@ pub trait CopySource: AsRawFd {
 /// written by `nfqnl_seq_show` in net/netfilter/nfnetlink_queue.c as `queue_num
 /// peer_portid queue_total copy_mode copy_range queue_dropped queue_user_dropped
 /// id_sequence 1`).
+///
+/// With fail-open, which the daemon always sets, current kernels count neither a packet
+/// passed at a full queue nor one passed at a full socket here (nfnetlink_queue.c
+/// `__nfqnl_enqueue_packet`: both are counted only `else`, without fail-open); older ones
+/// counted the second in `queue_user_dropped` whatever the flags. The worker counts the
+/// second exactly from the packet ids (`nfqueue::QUEUE_MAXLEN` says why the first cannot
+/// happen); these counters stay watched for the kernels that do count, and for a queue
+/// some other tool configured without fail-open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
-    /// Packets the queue could not hold: with fail-open they passed unseen.
+    /// Packets the queue could not hold (dropped without fail-open).
     pub dropped: u64,
-    /// Packets our socket's buffer could not hold (ENOBUFS): with fail-open, unseen too.
+    /// Packets our socket's buffer could not hold (ENOBUFS), as far as the kernel counts.
     pub user_dropped: u64,
 }
 
@@ -231,10 +245,11 @@ impl OverflowWatch {
         self.last = now;
         (full + buffer > 0).then(|| {
             format!(
-                "nfqueue {}: {} packets passed unseen since the last check ({full} with the \
-                 queue full, {buffer} with the socket buffer full; totals {} and {}); the \
-                 engine recovers from the gaps they leave, but holes announced in them are \
-                 missed: raise the queue length or find what floods the queue",
+                "nfqueue {}: the kernel counted {} packets it could not queue for us since \
+                 the last check ({full} with the queue full, {buffer} with the socket buffer \
+                 full; totals {} and {}), passed unseen with fail-open, dropped without it; \
+                 the engine recovers from the gaps they leave, but holes announced in them \
+                 are missed: find what floods the queue",
                 self.queue,
                 full + buffer,
                 now.dropped,
@@ -272,7 +287,10 @@ mod overflow_tests {
         assert_eq!(watch.check(), None, "nothing new since it started");
         std::fs::write(&path, "10004 1 0 2 65535 9 2 1 1\n").unwrap();
         let line = watch.check().unwrap();
-        assert!(line.contains("6 packets passed unseen"), "{line}");
+        assert!(
+            line.contains("counted 6 packets it could not queue"),
+            "{line}"
+        );
         assert!(
             line.contains("4 with the queue full, 2 with the socket buffer full"),
             "{line}"

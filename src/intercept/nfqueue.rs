@@ -92,12 +92,34 @@ pub const NF_ACCEPT: u32 = 1;
 
 /// The copy range we ask for: the whole packet up to 64 KiB.
 pub const COPY_RANGE: u32 = 0xffff;
-/// The queue's length, set on purpose: four times the kernel's default, so that a burst
-/// the daemon is slow to read waits rather than passing unseen (the worker holds at most
-/// 1024 packets itself; these wait in the kernel behind them).
-pub const QUEUE_MAXLEN: u32 = 4096;
+/// The queue's length, set on purpose so high that our socket's buffer fills first.
+///
+/// Where fail-open passes a packet unseen decides whether anyone can count it
+/// (net/netfilter/nfnetlink_queue.c `__nfqnl_enqueue_packet`, read for 6.x): with
+/// `NFQA_CFG_F_FAIL_OPEN` a packet that finds the queue full is accepted before it gets an
+/// id, and counted nowhere (`queue_dropped` counts only without fail-open); a packet that
+/// finds our socket's buffer full has already been given the next id
+/// (`entry->id = ++queue->id_sequence` comes before `nfnetlink_unicast`), so the ids we
+/// read skip it — an exact count ([`NfQueue::passed_unseen`]) — and the socket reports
+/// ENOBUFS once per congestion (net/netlink/af_netlink.c `netlink_attachskb`,
+/// `netlink_overrun`). The buffer ([`RCVBUF_BYTES`], doubled by the kernel to 16 MiB)
+/// holds at most about 29,000 messages (each at least a 512-byte allocation), and the
+/// worker holds at most 1,024 packets read from it, so a queue of 65,536 is never full.
+pub const QUEUE_MAXLEN: u32 = 65_536;
 /// Receive buffer for the queue socket: bursts of control packets must not overflow it.
 pub const RCVBUF_BYTES: usize = 8 << 20;
+
+/// How many ids the kernel gave packets that we never read between `last` and `id`
+/// (ids count up by one per queued packet and wrap at 2^32); an id at or before `last`
+/// (the queue was bound again) skips nothing.
+pub fn ids_skipped(last: u32, id: u32) -> u32 {
+    let ahead = id.wrapping_sub(last);
+    if ahead == 0 || ahead > 1 << 31 {
+        0
+    } else {
+        ahead - 1
+    }
+}
 /// One datagram holds one packet of at most `COPY_RANGE` bytes plus a few hundred bytes of
 /// headers and attributes.
 const RECV_BUF_BYTES: usize = 0x1_0000 + 4096;
@@ -268,6 +290,11 @@ pub struct NfQueue {
     current: Option<Current>,
     /// A dead reader may have left packets held: release them before the next verdict.
     adopting: bool,
+    /// The id of the last packet read.
+    last_id: Option<u32>,
+    /// Packets the kernel queued for us but passed without a verdict because our socket's
+    /// buffer was full (fail-open): the ids we never read.
+    passed_unseen: u64,
 }
 
 impl NfQueue {
@@ -279,14 +306,15 @@ impl NfQueue {
     /// With a message naming the likely cause: missing CAP_NET_ADMIN, another process
     /// holding the queue, or a kernel without nfnetlink_queue.
     pub fn open(queue_num: u16) -> io::Result<NfQueue> {
-        Self::open_with(queue_num, QUEUE_MAXLEN)
+        Self::open_with(queue_num, QUEUE_MAXLEN, RCVBUF_BYTES)
     }
 
-    /// [`open`](Self::open) with a queue of `maxlen` packets (tests use a tiny one).
+    /// [`open`](Self::open) with a queue of `maxlen` packets and a receive buffer of
+    /// `rcvbuf` bytes (tests use tiny ones).
     ///
     /// # Errors
     /// As [`open`](Self::open).
-    pub fn open_with(queue_num: u16, maxlen: u32) -> io::Result<NfQueue> {
+    pub fn open_with(queue_num: u16, maxlen: u32, rcvbuf: usize) -> io::Result<NfQueue> {
         let mut sock = Socket::open().map_err(|e| {
             annotate(
                 e,
@@ -335,7 +363,7 @@ impl NfQueue {
         if let Err(e) = sock.request(&build_config_maxlen(queue_num, maxlen, seq), seq) {
             log::warn!("nfqueue {queue_num}: cannot set the queue length to {maxlen}: {e}");
         }
-        if let Err(e) = sock.set_rcvbuf(RCVBUF_BYTES) {
+        if let Err(e) = sock.set_rcvbuf(rcvbuf) {
             log::warn!("nfqueue {queue_num}: cannot enlarge receive buffer: {e}");
         }
         sock.set_nonblocking()
@@ -353,6 +381,8 @@ impl NfQueue {
             ),
             current: None,
             adopting: false,
+            last_id: None,
+            passed_unseen: 0,
         })
     }
 
@@ -373,6 +403,32 @@ impl NfQueue {
     /// without us seeing them (fail-open).
     pub fn overflows(&self) -> u64 {
         self.datagram.overflows()
+    }
+
+    /// Packets passed without a verdict because the socket's buffer was full (fail-open),
+    /// counted exactly from the ids missing from what was read (see [`QUEUE_MAXLEN`]).
+    pub fn passed_unseen(&self) -> u64 {
+        self.passed_unseen
+    }
+
+    /// Counts the ids skipped before packet `id`, and warns (at 1, 10, 100...).
+    fn note_id(&mut self, id: u32) {
+        if let Some(last) = self.last_id {
+            let skipped = u64::from(ids_skipped(last, id));
+            let before = self.passed_unseen;
+            self.passed_unseen += skipped;
+            if crate::log_limit::passed_power_of_ten(before, self.passed_unseen) {
+                log::warn!(
+                    "nfqueue {}: {} packets passed unseen so far (our socket's buffer was \
+                     full and fail-open let them through without a verdict); the engine \
+                     recovers from the gaps, but holes announced in them are missed: find \
+                     what floods the queue",
+                    self.queue,
+                    self.passed_unseen
+                );
+            }
+        }
+        self.last_id = Some(id);
     }
 
     /// How many messages could not be parsed and were skipped.
@@ -421,6 +477,7 @@ impl Intercept for NfQueue {
                     self.sock
                         .send(&build_verdict_batch(self.queue, current.id - 1, seq))?;
                 }
+                self.note_id(current.id);
                 let range = current.payload.clone();
                 let checksum = if current.checksum_ready {
                     Checksum::Verify
@@ -445,6 +502,10 @@ impl Intercept for NfQueue {
 
     fn overflows(&self) -> u64 {
         self.datagram.overflows()
+    }
+
+    fn passed_unseen(&self) -> u64 {
+        self.passed_unseen
     }
 
     fn pass_current(&mut self) -> io::Result<()> {
@@ -531,6 +592,16 @@ fn annotate(err: io::Error, context: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_ids_are_the_gap_between_reads() {
+        assert_eq!(ids_skipped(7, 8), 0, "the next id");
+        assert_eq!(ids_skipped(7, 12), 4);
+        assert_eq!(ids_skipped(u32::MAX, 0), 0, "ids wrap");
+        assert_eq!(ids_skipped(u32::MAX - 1, 2), 3);
+        assert_eq!(ids_skipped(7, 7), 0, "the same id again skips nothing");
+        assert_eq!(ids_skipped(700, 5), 0, "a queue bound anew starts again");
+    }
 
     /// `NFQNL_MSG_VERDICT` for packet id 0x01020304 on queue 10004, seq 9, as
     /// libnetfilter_queue lays it out: 32-byte message, nfgenmsg {AF_UNSPEC, 0, be16 queue},

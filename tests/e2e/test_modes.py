@@ -2,6 +2,7 @@
 only CAP_NET_ADMIN, the parser nothing), detaching with a locked pidfile, chroot, status on
 SIGUSR1, SIGHUP, --check, and a second instance that must not disturb the first."""
 import os
+import re
 import signal
 import subprocess
 import time
@@ -165,6 +166,65 @@ def test_busy_poll_helps_transfers_and_every_process_lives(tmp_path):
     refused = subprocess.run([str(lab.daemon_binary()), "-d", "--busy-poll", "1001", *BASE_ARGS],
                              capture_output=True, text=True, timeout=20)
     assert refused.returncode == 64 and "--busy-poll 1001" in refused.stderr, refused.stderr
+
+
+# Bare TCP acknowledgments for the FTP port from the client, as fast as a raw socket sends
+# them: no connection is opened anywhere, and each one the gateway queues is a message in
+# the queue socket's buffer. The kernel fills in the TCP checksum (IPV6_CHECKSUM, offset 16).
+_FLOOD = r"""
+import socket, struct, sys
+dst, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)
+s.setsockopt(socket.IPPROTO_IPV6, getattr(socket, "IPV6_CHECKSUM", 7), 16)
+for i in range(count):
+    tcp = struct.pack("!HHIIBBHHH", 20000 + i % 40000, port, i, 1, 5 << 4, 0x10, 512, 0, 0)
+    s.sendto(tcp, (dst, 0))
+print(count)
+"""
+
+
+def test_queue_overflow_is_counted_and_ftp_goes_on(tmp_path):
+    """Issue 10 item 5: with the worker stopped (SIGSTOP), a flood of control-port packets
+    fills the queue socket's buffer, and fail-open passes the rest without a verdict. The
+    kernel counts none of them with fail-open (nfnetlink_queue.c), but each had its packet
+    id: once the worker reads again it finds the ids missing, logs the count as a warning
+    and shows it on its status line (passed_unseen, next to socket_overflows). The same
+    processes then go on helping FTP."""
+    proc = start(tmp_path, "-d", "-d")
+    log = tmp_path / "daemon.log"
+    try:
+        passive_download_works(6)
+        worker, parser = parser_of(proc.pid)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            r = lab.in_ns(lab.CLIENT_NS, lab.PY, "-c", _FLOOD, lab.SERVER[6], "21", "60000",
+                          timeout=120)
+            assert r.returncode == 0, r.stderr
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert lab.wait_until(lambda: "packets passed unseen so far" in log.read_text(), 30), \
+            log.read_text()[-3000:]
+        proc.send_signal(signal.SIGUSR1)
+
+        def worker_status():
+            found = re.findall(r"worker held=.*", log.read_text())
+            return found[-1] if found else None
+        assert lab.wait_until(worker_status, 10), log.read_text()[-3000:]
+        status = worker_status()
+        unseen = int(re.search(r"passed_unseen=(\d+)", status).group(1))
+        overflows = int(re.search(r"socket_overflows=(\d+)", status).group(1))
+        assert unseen > 0 and overflows > 0, status
+        # The ids the kernel gave (each flood packet, and the server's RST to those the
+        # gateway let through): those that passed unseen are fewer, the rest were read.
+        fields = lab.in_ns(lab.GW_NS, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout.split()
+        given = int(fields[fields.index(str(lab.QUEUE)) + 7])
+        assert unseen < given, (unseen, given)
+        passive_download_works(6)
+        r = lab.curl(4, lab.VSFTPD, "hello.txt", "port")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert parser_of(proc.pid) == (worker, parser), "the same worker and parser go on"
+    finally:
+        stop(proc)
 
 
 def syslog_listening():
