@@ -221,6 +221,9 @@ pub struct Args {
     /// Run the daemon's processes on this CPU: the worker and the parser then hand each packet over without a cross-CPU wake-up
     #[arg(long, value_name = "n")]
     pub cpu: Option<String>,
+    /// Linux scheduling policy of the daemon's processes: batch (woken, they wait for the running process's turn to end instead of preempting it; the default) or other [default: batch on Linux, other elsewhere]
+    #[arg(long = "sched-policy", value_name = "policy")]
+    pub sched_policy: Option<String>,
     /// Microseconds the worker and the parser keep polling for the next packet before they sleep (0: never): less latency for more CPU
     #[arg(long = "busy-poll", value_name = "usec", default_value = "0")]
     pub busy_poll: String,
@@ -335,6 +338,40 @@ pub struct Settings {
     pub cpu: Option<usize>,
     /// `--busy-poll`: how long the worker and the parser poll before they sleep.
     pub busy_poll: Duration,
+    /// `--sched-policy`.
+    pub sched_policy: SchedPolicy,
+}
+
+/// The scheduling policy the daemon's processes run under (`--sched-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedPolicy {
+    /// Whatever the daemon was started with (SCHED_OTHER unless a service manager or
+    /// chrt(1) chose otherwise).
+    Other,
+    /// Linux `SCHED_BATCH`: a woken process never preempts the running one.
+    Batch,
+}
+
+impl SchedPolicy {
+    /// This platform's default: batch where it exists (Linux).
+    pub fn platform_default() -> SchedPolicy {
+        if cfg!(target_os = "linux") {
+            SchedPolicy::Batch
+        } else {
+            SchedPolicy::Other
+        }
+    }
+
+    fn parse(text: &str) -> Result<SchedPolicy, UsageError> {
+        match text {
+            "other" => Ok(SchedPolicy::Other),
+            "batch" if cfg!(target_os = "linux") => Ok(SchedPolicy::Batch),
+            "batch" => Err(usage("--sched-policy batch: Linux only (SCHED_BATCH)")),
+            _ => Err(usage(format!(
+                "--sched-policy {text:?}: must be batch (Linux) or other"
+            ))),
+        }
+    }
 }
 
 /// A command-line value that is out of range; the message names the option.
@@ -550,6 +587,10 @@ impl Args {
             replay: self.replay,
             cpu,
             busy_poll: Duration::from_micros(busy_poll),
+            sched_policy: match &self.sched_policy {
+                Some(text) => SchedPolicy::parse(text)?,
+                None => SchedPolicy::platform_default(),
+            },
         })
     }
 }
@@ -757,6 +798,28 @@ mod tests {
             let line = usage_error(args);
             assert!(line.starts_with(&format!("ftp6proxy: {option} ")), "{line}");
             assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn sched_policy_is_batch_on_linux_unless_asked_otherwise() {
+        assert_eq!(settings(&[]).sched_policy, SchedPolicy::platform_default());
+        assert_eq!(
+            settings(&["--sched-policy", "other"]).sched_policy,
+            SchedPolicy::Other
+        );
+        if cfg!(target_os = "linux") {
+            assert_eq!(SchedPolicy::platform_default(), SchedPolicy::Batch);
+            assert_eq!(
+                settings(&["--sched-policy", "batch"]).sched_policy,
+                SchedPolicy::Batch
+            );
+        } else {
+            assert!(usage_error(&["--sched-policy", "batch"]).contains("Linux only"));
+        }
+        for bad in ["fifo", "BATCH", ""] {
+            let line = usage_error(&["--sched-policy", bad]);
+            assert!(line.starts_with("ftp6proxy: --sched-policy "), "{line}");
         }
     }
 

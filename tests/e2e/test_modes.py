@@ -145,6 +145,43 @@ def test_cpu_pins_every_process_and_ftp_goes_on(tmp_path):
     assert missing.returncode != 0 and "--cpu 1023" in missing.stderr, missing.stderr
 
 
+def sched_policy(pid):
+    """The scheduling policy of pid (field 41 of /proc/PID/stat): 0 SCHED_OTHER,
+    3 SCHED_BATCH, 5 SCHED_IDLE."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[38])
+
+
+@pytest.mark.parametrize("wrapper,flags,want", [
+    ([], [], 3),
+    ([], ["--sched-policy", "other"], 0),
+    (["chrt", "--idle", "0"], [], 5),
+], ids=["default-batch", "other", "started-idle-kept"])
+def test_sched_policy_of_every_process(tmp_path, wrapper, flags, want):
+    """--sched-policy: by default the monitor puts itself under SCHED_BATCH before it forks,
+    so the worker, the parser and a parser started again later run under it too (a woken
+    one never preempts the running process); `other` leaves SCHED_OTHER; a policy the
+    daemon was started with (here chrt --idle) is kept. Transfers are helped in each."""
+    log = open(tmp_path / "daemon.log", "a")
+    argv = [*wrapper, str(lab.daemon_binary()), "-d", *flags, *BASE_ARGS]
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert lab.wait_until(lambda: proc.poll() is not None or lab.queue_bound(), 20), argv
+        assert lab.wait_until(lambda: len(roles(proc.pid)) == 2, 5), "worker and parser"
+        pids = {"monitor": proc.pid, **roles(proc.pid)}
+        for role, pid in pids.items():
+            assert sched_policy(pid) == want, (role, sched_policy(pid))
+        passive_download_works(6)
+        os.kill(pids["parser"], signal.SIGKILL)
+        assert lab.wait_until(
+            lambda: parser_of(proc.pid)[1] not in (None, pids["parser"]), 5), "a new parser"
+        assert sched_policy(parser_of(proc.pid)[1]) == want, "the new parser"
+        passive_download_works(4)
+    finally:
+        stop(proc)
+
+
 def test_busy_poll_helps_transfers_and_every_process_lives(tmp_path):
     """--busy-poll 200: the worker and the parser poll between packets instead of sleeping
     (a poll with no timeout, and the clock, which the parser's seccomp filter must allow:
