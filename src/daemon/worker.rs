@@ -326,10 +326,13 @@ impl<I: Intercept> Worker<I> {
         // SAFETY: the descriptor belongs to `self.intercept`, which outlives this borrow.
         let intercept = unsafe { BorrowedFd::borrow_raw(self.intercept.as_raw_fd()) };
         let mut fds = [
-            PollFd::new(intercept, PollFlags::POLLIN),
             PollFd::new(parser.as_fd(), PollFlags::POLLIN),
+            PollFd::new(intercept, PollFlags::POLLIN),
         ];
-        link::busy_poll(&mut fds, self.busy_poll)
+        // With MAX_HELD held no packet is read, so a waiting one must not end the poll
+        // (the loop would spin until the parser releases some): only answers count then.
+        let watched = if self.held.len() < MAX_HELD { 2 } else { 1 };
+        link::busy_poll(&mut fds[..watched], self.busy_poll)
     }
 
     /// Waits up to 50 ms for the parser's link to be ready for `flags`.
@@ -760,6 +763,18 @@ mod tests {
         assert!(rig.worker.busy_poll_ready(), "the answer is seen");
         rig.worker.read_parser().unwrap();
         assert_eq!(rig.passed(), [0, 1, 2, 3]);
+        // With MAX_HELD held no packet is read: a waiting one must not end the poll.
+        let (waiting, far_end) = link::seqpacket_pair().unwrap();
+        send(far_end.as_raw_fd(), b"a packet", MsgFlags::empty()).unwrap();
+        rig.worker.intercept.fd = File::from(waiting);
+        assert!(rig.worker.busy_poll_ready(), "a waiting packet is seen");
+        for id in 0..MAX_HELD as u64 {
+            rig.worker.held.hold(1000 + id, (0, Vec::new()), now());
+        }
+        assert!(
+            !rig.worker.busy_poll_ready(),
+            "with the table full only answers end the poll"
+        );
     }
 
     /// Invariant 1: a silent parser delays packets by at most HOLD_LIMIT.
