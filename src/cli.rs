@@ -221,7 +221,7 @@ pub struct Args {
     /// Run the daemon's processes on this CPU: the worker and the parser then hand each packet over without a cross-CPU wake-up
     #[arg(long, value_name = "n")]
     pub cpu: Option<String>,
-    /// Linux scheduling policy of the daemon's processes: batch (woken, they wait for the running process's turn to end instead of preempting it; the default) or other [default: batch on Linux, other elsewhere]
+    /// Linux scheduling policy of the daemon's processes: batch (woken, they wait for the running process's turn to end instead of preempting it) or other [default: batch inline on Linux, other in copy mode and elsewhere]
     #[arg(long = "sched-policy", value_name = "policy")]
     pub sched_policy: Option<String>,
     /// Microseconds the worker and the parser keep polling for the next packet before they sleep (0: never): less latency for more CPU
@@ -353,9 +353,12 @@ pub enum SchedPolicy {
 }
 
 impl SchedPolicy {
-    /// This platform's default: batch where it exists (Linux).
-    pub fn platform_default() -> SchedPolicy {
-        if cfg!(target_os = "linux") {
+    /// The default: batch where it exists (Linux) for the inline modes, whose worker and
+    /// parser hand every packet to each other. In copy mode the parser alone reads the
+    /// copies, so there is no hand-over to spare, and a hole must follow its announcement
+    /// as soon as it can: a woken parser may preempt.
+    pub fn default_for(intercept: InterceptKind) -> SchedPolicy {
+        if cfg!(target_os = "linux") && !intercept.is_copy() {
             SchedPolicy::Batch
         } else {
             SchedPolicy::Other
@@ -589,7 +592,7 @@ impl Args {
             busy_poll: Duration::from_micros(busy_poll),
             sched_policy: match &self.sched_policy {
                 Some(text) => SchedPolicy::parse(text)?,
-                None => SchedPolicy::platform_default(),
+                None => SchedPolicy::default_for(intercept),
             },
         })
     }
@@ -803,13 +806,24 @@ mod tests {
 
     #[test]
     fn sched_policy_is_batch_on_linux_unless_asked_otherwise() {
-        assert_eq!(settings(&[]).sched_policy, SchedPolicy::platform_default());
+        let inline = InterceptKind::platform_default();
+        assert_eq!(settings(&[]).sched_policy, SchedPolicy::default_for(inline));
+        let copy = if cfg!(target_os = "linux") {
+            "nflog"
+        } else {
+            "tee"
+        };
+        assert_eq!(
+            settings(&["--intercept", copy]).sched_policy,
+            SchedPolicy::Other,
+            "copy mode: a woken parser may preempt, its holes are late enough"
+        );
         assert_eq!(
             settings(&["--sched-policy", "other"]).sched_policy,
             SchedPolicy::Other
         );
         if cfg!(target_os = "linux") {
-            assert_eq!(SchedPolicy::platform_default(), SchedPolicy::Batch);
+            assert_eq!(SchedPolicy::default_for(inline), SchedPolicy::Batch);
             assert_eq!(
                 settings(&["--sched-policy", "batch"]).sched_policy,
                 SchedPolicy::Batch

@@ -21,7 +21,7 @@ import pytest
 
 import lab
 from test_modes import (
-    CAP_KILL, CAP_NET_ADMIN, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT, proc_status)
+    CAP_KILL, CAP_NET_ADMIN, CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT, proc_status, sched_policy)
 from test_daemon import (  # noqa: F401  (run here, in copy mode)
     test_227_with_foreign_address_opens_nothing, test_229_inside_multiline_reply_opens_nothing,
     test_client_bounce_opens_nothing, test_client_low_port_opens_nothing,
@@ -153,6 +153,9 @@ def test_killed_parser_is_replaced_and_ftp_goes_on(tmp_path, copy_mode, flags):
             "no new parser within a second"
         assert lab.nflog_bound(), "the group stays bound across the parser's death"
         downloads_work()
+        # Copy mode keeps SCHED_OTHER by default (no hand-over to spare; a woken parser
+        # may preempt to open its hole sooner), the new parser too.
+        assert sched_policy(proc.pid) == 0 and sched_policy(the_parser(proc.pid)) == 0
         new = proc_status(the_parser(proc.pid))
         if flags == ["-d"]:
             assert new["Seccomp"] == "2" and int(new["CapEff"], 16) == 0, new
