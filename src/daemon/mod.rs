@@ -77,7 +77,7 @@ fn run_on_cpu(cpu: usize) -> anyhow::Result<()> {
 /// handed from the worker to the parser, or a pass handed back, no longer interrupts the
 /// sender in the middle of its turn: the receiver runs when the sender sleeps, and finds
 /// every packet of the turn waiting. Measured in tools/bench (BENCHMARKS.md): NOOP round
-/// trip p50 from 2.1 to 1.4 times the bare queue reader's, p99 from 1.9 to 1.3. Moving
+/// trip p50 from 2.1 to 1.4 times the bare queue reader's, p99 from 1.9 to 1.3-1.5. Moving
 /// between SCHED_OTHER
 /// and SCHED_BATCH needs no privilege (kernel/sched/core.c, syscalls.c from 6.10:
 /// `user_check_sched_setscheduler` checks only the nice value for a fair policy). A policy chosen by whoever started the daemon (chrt,
