@@ -555,6 +555,17 @@ impl Socket {
         recv_datagram(&self.fd, buf, dontwait)
     }
 
+    /// Reads, without waiting, as many datagrams as are queued and fit `bufs` (at most
+    /// [`MAX_RECV_MANY`]) with one recvmmsg(2): for [`Datagram::refill_many`].
+    ///
+    /// # Errors
+    /// `WouldBlock` when nothing waits; the receive error otherwise. An error met after
+    /// the first datagram is the kernel's to report on the next call (net/socket.c
+    /// `do_recvmmsg` keeps it in `sk_err`), so none is lost.
+    pub fn recv_many(&self, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
+        recv_datagrams(&self.fd, bufs, lens)
+    }
+
     /// Sends one request carrying `NLM_F_ACK` and reads the kernel's answer to `seq` (the
     /// socket must still be blocking: the kernel answers configuration requests before
     /// `sendto` returns).
@@ -653,8 +664,10 @@ impl AsRawFd for RecvOnly {
     }
 }
 
-/// One received datagram, read a message at a time: the receive side that the NFQUEUE
-/// intercept and the NFLOG copy source share. It walks the messages (the kernel packs
+/// Received datagrams, read a message at a time: the receive side that the NFQUEUE
+/// intercept and the NFLOG copy source share. It holds one datagram, or several read
+/// with one recvmmsg(2) ([`Datagram::refill_many`]: NFQUEUE sends each packet in a
+/// datagram of its own, so under load this saves a system call per packet). It walks the messages (the kernel packs
 /// several into one datagram), answers the kernel's errors and end-of-batch markers, and
 /// counts and logs what cannot be parsed and what the socket lost, each under `label`
 /// (`nfqueue 10004`). Its users differ only in the message type they want and what they
@@ -666,30 +679,50 @@ pub struct Datagram {
     lost_means: &'static str,
     /// What an error message from the kernel means to its reader, for the warning.
     error_means: &'static str,
-    buf: Vec<u8>,
-    /// The datagram is `buf[..len]`; the next message to read starts at `next`.
-    len: usize,
+    /// One buffer per datagram a refill can read; the datagrams read are
+    /// `bufs[i][..lens[i]]` for `i < filled`.
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    filled: usize,
+    /// The datagram being read, and where its next message starts.
+    cur: usize,
     next: usize,
     malformed: u64,
     overflows: u64,
 }
 
 impl Datagram {
-    /// A reader with room for datagrams of `size` bytes. `lost_means` ends the overflow
-    /// warning ("packets passed unseen"), `error_means` starts the kernel-error one
-    /// ("kernel refused a verdict").
+    /// A reader with room for one datagram of `size` bytes. `lost_means` ends the
+    /// overflow warning ("packets passed unseen"), `error_means` starts the kernel-error
+    /// one ("kernel refused a verdict").
     pub fn new(
         label: String,
         size: usize,
         lost_means: &'static str,
         error_means: &'static str,
     ) -> Datagram {
+        Datagram::with_room_for(label, 1, size, lost_means, error_means)
+    }
+
+    /// As [`Datagram::new`], with room for `count` datagrams of `size` bytes each (the
+    /// buffers are zeroed allocations: memory the kernel maps only once a datagram that
+    /// long has been written into it).
+    pub fn with_room_for(
+        label: String,
+        count: usize,
+        size: usize,
+        lost_means: &'static str,
+        error_means: &'static str,
+    ) -> Datagram {
+        let count = count.max(1);
         Datagram {
             label,
             lost_means,
             error_means,
-            buf: vec![0; size],
-            len: 0,
+            bufs: vec![vec![0; size]; count],
+            lens: vec![0; count],
+            filled: 0,
+            cur: 0,
             next: 0,
             malformed: 0,
             overflows: 0,
@@ -710,18 +743,30 @@ impl Datagram {
     /// [`Datagram::bytes`]. Other messages are dealt with on the way; a message whose
     /// framing is broken ends the datagram (nothing after it can be found).
     pub fn next_of(&mut self, wanted: u16) -> Option<std::ops::Range<usize>> {
-        while self.next < self.len {
+        while self.cur < self.filled {
+            if let Some(range) = self.next_in_current(wanted) {
+                return Some(range);
+            }
+            self.cur += 1;
+            self.next = 0;
+        }
+        None
+    }
+
+    fn next_in_current(&mut self, wanted: u16) -> Option<std::ops::Range<usize>> {
+        let len = self.lens[self.cur];
+        while self.next < len {
             let base = self.next;
-            let msg = match messages(&self.buf[base..self.len]).next()? {
+            let msg = match messages(&self.bufs[self.cur][base..len]).next()? {
                 Ok(msg) => msg,
                 Err(e) => {
                     self.skip_malformed(&format_args!("{e}; rest of datagram skipped"));
-                    self.next = self.len;
+                    self.next = len;
                     return None;
                 }
             };
             // This message's end: header and payload, then the alignment.
-            self.next = (base + align4(NLMSG_HDRLEN + msg.payload.len())).min(self.len);
+            self.next = (base + align4(NLMSG_HDRLEN + msg.payload.len())).min(len);
             match msg.ty {
                 t if t == wanted => {
                     let start = base + NLMSG_HDRLEN;
@@ -745,14 +790,15 @@ impl Datagram {
         None
     }
 
-    /// The bytes of a range from [`Datagram::next_of`] (or [`Datagram::offset_of`]).
+    /// The bytes of a range from [`Datagram::next_of`] (or [`Datagram::offset_of`]), in
+    /// the datagram that call found it in.
     pub fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
-        &self.buf[range]
+        &self.bufs[self.cur][range]
     }
 
-    /// Where `part`, a sub-slice of [`Datagram::bytes`], starts in the datagram.
+    /// Where `part`, a sub-slice of [`Datagram::bytes`], starts in its datagram.
     pub fn offset_of(&self, part: &[u8]) -> usize {
-        (part.as_ptr() as usize).saturating_sub(self.buf.as_ptr() as usize)
+        (part.as_ptr() as usize).saturating_sub(self.bufs[self.cur].as_ptr() as usize)
     }
 
     /// Counts one message its reader could not parse, and says so.
@@ -771,10 +817,40 @@ impl Datagram {
         &mut self,
         recv: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<bool> {
-        self.len = 0;
+        self.refill_many(|bufs, lens| {
+            let n = recv(&mut bufs[0])?;
+            lens[0] = n;
+            Ok(1)
+        })
+    }
+
+    /// As [`Datagram::refill`], reading up to as many datagrams as there is room for with
+    /// `recv` (recvmmsg(2): [`Socket::recv_many`]), which fills `bufs[i]` and `lens[i]`
+    /// and returns how many it read. A length past its buffer is a datagram cut short:
+    /// counted and skipped.
+    ///
+    /// # Errors
+    /// Any receive error other than those [`Datagram::refill`] reads on.
+    pub fn refill_many(
+        &mut self,
+        recv: impl FnOnce(&mut [Vec<u8>], &mut [usize]) -> io::Result<usize>,
+    ) -> io::Result<bool> {
+        self.filled = 0;
+        self.cur = 0;
         self.next = 0;
-        match recv(&mut self.buf) {
-            Ok(n) => self.len = n.min(self.buf.len()),
+        match recv(&mut self.bufs, &mut self.lens) {
+            Ok(n) => {
+                self.filled = n.min(self.bufs.len());
+                for i in 0..self.filled {
+                    if self.lens[i] > self.bufs[i].len() {
+                        let (got, room) = (self.lens[i], self.bufs[i].len());
+                        self.skip_malformed(&format_args!(
+                            "netlink datagram of {got} bytes cut to {room}; skipped"
+                        ));
+                        self.lens[i] = 0;
+                    }
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 self.overflows += 1;
@@ -795,6 +871,45 @@ impl Datagram {
         }
         Ok(true)
     }
+}
+
+/// Most datagrams one [`Socket::recv_many`] reads.
+pub const MAX_RECV_MANY: usize = 32;
+
+/// recvmmsg(2) without waiting into `bufs` (at most [`MAX_RECV_MANY`]): how many
+/// datagrams it read, each one's length in `lens` (its full length when it was longer than
+/// its buffer, as MSG_TRUNC asks).
+fn recv_datagrams(fd: &OwnedFd, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
+    let count = bufs.len().min(lens.len()).min(MAX_RECV_MANY);
+    // SAFETY: all-zero iovec and mmsghdr are valid (null pointers, zero lengths).
+    let mut iovecs: [libc::iovec; MAX_RECV_MANY] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; MAX_RECV_MANY] = unsafe { std::mem::zeroed() };
+    for i in 0..count {
+        iovecs[i] = libc::iovec {
+            iov_base: bufs[i].as_mut_ptr().cast::<libc::c_void>(),
+            iov_len: bufs[i].len(),
+        };
+        headers[i].msg_hdr.msg_iov = &raw mut iovecs[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    let count_arg = libc::c_uint::try_from(count).expect("at most MAX_RECV_MANY");
+    // SAFETY: `headers[..count]` point at `iovecs[..count]`, each describing the whole of
+    // a live buffer of `bufs` that nothing else borrows during the call.
+    let got = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count_arg,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+        )
+    };
+    let got = usize::try_from(got).map_err(|_| io::Error::last_os_error())?;
+    for i in 0..got {
+        lens[i] = headers[i].msg_len as usize;
+    }
+    Ok(got)
 }
 
 fn recv_datagram(fd: &OwnedFd, buf: &mut [u8], dontwait: bool) -> io::Result<usize> {
@@ -904,6 +1019,40 @@ mod tests {
             .unwrap());
         let range = d.next_of(WANTED).unwrap();
         assert_eq!(d.bytes(range), b"next");
+    }
+
+    /// Several datagrams read at once are walked in order, each message's bytes and
+    /// offset taken from its own datagram; one cut short (longer than its buffer) is
+    /// counted and skipped, and the others are read.
+    #[test]
+    fn datagrams_read_together_are_walked_in_order() {
+        const WANTED: u16 = 0x0300;
+        let mut first = raw_msg(WANTED, b"one");
+        first.extend(raw_msg(WANTED, b"two"));
+        let third = raw_msg(WANTED, b"three");
+        let mut d = Datagram::with_room_for("test 1".into(), 4, 64, "lost", "kernel said");
+        assert!(d
+            .refill_many(|bufs, lens| {
+                bufs[0][..first.len()].copy_from_slice(&first);
+                lens[0] = first.len();
+                lens[1] = 500; // cut: longer than its 64-byte buffer
+                bufs[2][..third.len()].copy_from_slice(&third);
+                lens[2] = third.len();
+                Ok(3)
+            })
+            .unwrap());
+        let mut got = Vec::new();
+        while let Some(range) = d.next_of(WANTED) {
+            let bytes = d.bytes(range.clone());
+            assert_eq!(d.offset_of(bytes), range.start);
+            got.push(bytes.to_vec());
+        }
+        assert_eq!(got, [&b"one"[..], b"two", b"three"]);
+        assert_eq!(d.malformed(), 1, "the cut datagram");
+        assert!(!d
+            .refill_many(|_, _| Err(io::ErrorKind::WouldBlock.into()))
+            .unwrap());
+        assert_eq!(d.next_of(WANTED), None, "nothing left of the last read");
     }
 
     /// Nothing waiting stops the caller's loop; an overflow, a cut datagram or a signal

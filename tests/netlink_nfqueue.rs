@@ -356,3 +356,50 @@ fn packets_passed_unseen_at_a_full_socket_are_counted_from_their_ids() {
         "every id the kernel gave was read or counted as passed unseen"
     );
 }
+
+/// recvmmsg(2) on a netlink socket, as the NFQUEUE reader uses it: every datagram waiting
+/// is read with one call, at most as many as there are buffers, in order; a datagram
+/// longer than its buffer reports its full length (MSG_TRUNC), so the reader can tell it
+/// was cut; nothing waiting is `WouldBlock`. The datagrams are the kernel's answers to
+/// read-only requests (`NFT_MSG_GETGEN` with an acknowledgement: an answer and an ACK
+/// each, sent before `sendto` returns).
+#[test]
+fn several_datagrams_are_read_with_one_call() {
+    use ftp6proxy::netlink::{nfnl_type, MsgBuilder, Socket, NFNL_SUBSYS_NFTABLES};
+    use ftp6proxy::netlink::{NLM_F_ACK, NLM_F_REQUEST};
+    let (_ns, _queue) = setup();
+    let mut sock = Socket::open().unwrap();
+    for _ in 0..3 {
+        let seq = sock.next_seq();
+        let mut b = MsgBuilder::new();
+        // NFT_MSG_GETGEN = 16 (nf_tables.h)
+        b.begin(
+            nfnl_type(NFNL_SUBSYS_NFTABLES, 16),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+            0,
+            0,
+        )
+        .end();
+        sock.send(&b.finish()).unwrap();
+    }
+    let mut bufs = vec![vec![0u8; 4096]; 4];
+    let mut lens = vec![0usize; 4];
+    assert_eq!(
+        sock.recv_many(&mut bufs, &mut lens).unwrap(),
+        4,
+        "as many as there are buffers"
+    );
+    // Each answer is followed by its ACK (type NLMSG_ERROR = 2, error 0).
+    let ty = |buf: &[u8]| u16::from_ne_bytes([buf[4], buf[5]]);
+    assert_eq!(ty(&bufs[1]), 2);
+    assert_eq!(ty(&bufs[3]), 2);
+    assert!(lens.iter().all(|&n| n >= 16), "{lens:?}");
+    // The last answer into a buffer too small for it: its full length is reported.
+    let mut small = vec![vec![0u8; 8]; 4];
+    let got = sock.recv_many(&mut small, &mut lens).unwrap();
+    assert_eq!(got, 2, "the rest: one answer and one ACK");
+    assert!(lens[0] > 8, "full length of a cut datagram: {lens:?}");
+    let nothing = sock.recv_many(&mut bufs, &mut lens).unwrap_err();
+    assert_eq!(nothing.kind(), ErrorKind::WouldBlock);
+}

@@ -12,7 +12,7 @@
 //! The links, each a `SOCK_SEQPACKET` socketpair (one datagram, one message), plus the log
 //! link (`SOCK_DGRAM`):
 //! ```text
-//!   worker  → parser   ToParser::Packet { id, checksum, bytes }       ≤ MAX_PACKET_MESSAGE
+//!   worker  → parser   ToParser { id, checksum, bytes }, one or more  ≤ MAX_PACKET_MESSAGE
 //!   parser  → worker   ToWorker::Pass { ids }                         ≤ MAX_PASS_MESSAGE
 //!   parser  → monitor  ToMonitor::Request (48 bytes) | Closed (1)
 //!   monitor → parser   FromMonitor::Response (6) | Status (1) | Shutdown (1) | Used (49)
@@ -38,8 +38,9 @@ pub struct Malformed;
 // Worker ↔ parser: packets in, permission to pass them out. The worker never looks
 // inside either: it copies bytes one way and releases packets the other.
 
-/// Largest packet message: a packet of 64 KiB plus the header (NFQUEUE copies at most
-/// 0xffff bytes; divert hands over at most an IP packet).
+/// Largest packet message: room for a packet of 64 KiB and its record (NFQUEUE copies at
+/// most 0xffff bytes; divert hands over at most an IP packet). The worker fills a datagram
+/// with packets up to this size.
 pub const MAX_PACKET_MESSAGE: usize = 65_536 + 16;
 
 /// Packets released by one `Pass` at most (the parser sends more passes if it has more).
@@ -50,7 +51,11 @@ pub const MAX_PASS_MESSAGE: usize = 1 + 8 * MAX_PASS_IDS;
 const PACKET: u8 = 1;
 const PASS: u8 = 2;
 
-/// Worker → parser: read this packet.
+/// Worker → parser: read this packet. One datagram carries one or more of them, each a
+/// record `[id u64][checksum u8][length u32][bytes]` after the datagram's `PACKET` code:
+/// the worker sends what it read in one turn together, so under load the link costs one
+/// send and one receive per turn instead of per packet (measured: perf stat, 32 sessions,
+/// about 14 packets a turn).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ToParser<'a> {
     /// The worker's handle for the packet.
@@ -61,33 +66,100 @@ pub struct ToParser<'a> {
     pub bytes: &'a [u8],
 }
 
-impl ToParser<'_> {
-    /// The datagram, written into `out` (cleared first).
+/// Bytes of a packet record before the packet: id, checksum flag, length.
+const RECORD_HEADER: usize = 8 + 1 + 4;
+
+impl<'a> ToParser<'a> {
+    /// The datagram of this one packet, written into `out` (cleared first).
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
-        out.push(PACKET);
+        self.append_to(out);
+    }
+
+    /// Appends this packet to the datagram being built in `out` (starting it when `out`
+    /// is empty). The caller keeps the datagram within [`MAX_PACKET_MESSAGE`]: see
+    /// [`ToParser::encoded_len`].
+    ///
+    /// # Panics
+    /// If the packet is longer than 4 GiB (no intercept hands over more than 64 KiB).
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        if out.is_empty() {
+            out.push(PACKET);
+        }
         out.extend_from_slice(&self.id.to_be_bytes());
         out.push(u8::from(self.checksum == Checksum::Verify));
+        let len = u32::try_from(self.bytes.len()).expect("a packet is shorter than 4 GiB");
+        out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(self.bytes);
     }
 
-    /// Parses a datagram.
+    /// Bytes this packet adds to a datagram.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_HEADER + self.bytes.len()
+    }
+
+    /// The packets of a datagram, in order. The whole datagram is checked first, so a
+    /// malformed one yields no packet at all.
     ///
     /// # Errors
-    /// [`Malformed`].
-    pub fn decode(bytes: &[u8]) -> Result<ToParser<'_>, Malformed> {
-        match bytes {
-            [PACKET, id @ ..] if id.len() >= 9 => Ok(ToParser {
-                id: u64::from_be_bytes(id[..8].try_into().map_err(|_| Malformed)?),
-                checksum: match id[8] {
-                    1 => Checksum::Verify,
-                    0 => Checksum::NotReady,
-                    _ => return Err(Malformed),
-                },
-                bytes: &id[9..],
-            }),
-            _ => Err(Malformed),
+    /// [`Malformed`]: no `PACKET` code, no record, a length past the end, a checksum flag
+    /// other than 0 or 1, or bytes after the last record.
+    pub fn records(bytes: &'a [u8]) -> Result<Records<'a>, Malformed> {
+        let Some((&PACKET, mut rest)) = bytes.split_first() else {
+            return Err(Malformed);
+        };
+        let records = Records { rest };
+        if rest.is_empty() {
+            return Err(Malformed);
         }
+        while !rest.is_empty() {
+            let (_, after) = split_record(rest)?;
+            rest = after;
+        }
+        Ok(records)
+    }
+}
+
+/// One record off the front of `bytes`, and what follows it.
+fn split_record(bytes: &[u8]) -> Result<(ToParser<'_>, &[u8]), Malformed> {
+    let header = bytes.get(..RECORD_HEADER).ok_or(Malformed)?;
+    let id = u64::from_be_bytes(header[..8].try_into().map_err(|_| Malformed)?);
+    let checksum = match header[8] {
+        1 => Checksum::Verify,
+        0 => Checksum::NotReady,
+        _ => return Err(Malformed),
+    };
+    let len = u32::from_be_bytes(header[9..].try_into().map_err(|_| Malformed)?);
+    let len = usize::try_from(len).map_err(|_| Malformed)?;
+    let rest = &bytes[RECORD_HEADER..];
+    if len > rest.len() {
+        return Err(Malformed);
+    }
+    let (packet, rest) = rest.split_at(len);
+    Ok((
+        ToParser {
+            id,
+            checksum,
+            bytes: packet,
+        },
+        rest,
+    ))
+}
+
+/// The packets of a checked datagram ([`ToParser::records`]).
+#[derive(Debug, Clone)]
+pub struct Records<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = ToParser<'a>;
+
+    fn next(&mut self) -> Option<ToParser<'a>> {
+        // Checked whole by `records`: a record that does not split cannot occur.
+        let (packet, rest) = split_record(self.rest).ok()?;
+        self.rest = rest;
+        Some(packet)
     }
 }
 
@@ -486,8 +558,7 @@ mod tests {
 
     #[test]
     fn worker_parser_messages_round_trip() {
-        let mut out = Vec::new();
-        for packet in [
+        let packets = [
             ToParser {
                 id: 7,
                 checksum: Checksum::NotReady,
@@ -498,10 +569,34 @@ mod tests {
                 checksum: Checksum::Verify,
                 bytes: b"",
             },
-        ] {
+        ];
+        let mut out = Vec::new();
+        for packet in packets {
             packet.encode(&mut out);
-            assert_eq!(ToParser::decode(&out), Ok(packet));
+            assert_eq!(out.len(), 1 + packet.encoded_len());
+            let got: Vec<_> = ToParser::records(&out).unwrap().collect();
+            assert_eq!(got, [packet]);
         }
+        // Several in one datagram, in order.
+        out.clear();
+        for packet in packets.iter().chain(&packets) {
+            packet.append_to(&mut out);
+        }
+        assert_eq!(
+            out.len(),
+            1 + 2 * packets.iter().map(ToParser::encoded_len).sum::<usize>()
+        );
+        let got: Vec<_> = ToParser::records(&out).unwrap().collect();
+        assert_eq!(got, [packets, packets].concat());
+        // The largest packet fits the largest message.
+        let largest = vec![0u8; 65_536];
+        ToParser {
+            id: 1,
+            checksum: Checksum::Verify,
+            bytes: &largest,
+        }
+        .encode(&mut out);
+        assert!(out.len() <= MAX_PACKET_MESSAGE);
         let ids: Vec<u64> = (0..1000).collect();
         let mut got = Vec::new();
         let datagrams: Vec<Vec<u8>> = ToWorker::encode_all(&ids).collect();
@@ -519,9 +614,22 @@ mod tests {
             &[][..],
             &[9],
             &[PACKET, 0, 0],
-            &[PACKET, 0, 0, 0, 0, 0, 0, 0, 1, 7],
+            // No record at all.
+            &[PACKET],
+            // A record without its length.
+            &[PACKET, 0, 0, 0, 0, 0, 0, 0, 1, 1],
+            // A checksum flag that is neither 0 nor 1.
+            &[PACKET, 0, 0, 0, 0, 0, 0, 0, 1, 7, 0, 0, 0, 0],
+            // A length past the end.
+            &[PACKET, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 2, 0x60],
+            // A whole record, then a torn one: nothing of the datagram is read.
+            &[PACKET, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 9],
         ] {
-            assert_eq!(ToParser::decode(bytes), Err(Malformed), "{bytes:?}");
+            assert_eq!(
+                ToParser::records(bytes).map(|r| r.count()),
+                Err(Malformed),
+                "{bytes:?}"
+            );
         }
         let mut released = 0;
         for bytes in [&[][..], &[PASS], &[PASS, 1, 2, 3], &[PACKET; 9]] {

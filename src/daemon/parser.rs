@@ -450,8 +450,12 @@ pub fn run(
                     break;
                 }
             };
-            match ToParser::decode(&packet_buf[..n]) {
-                Ok(packet) => parser.read_packet(now, packet)?,
+            match ToParser::records(&packet_buf[..n]) {
+                Ok(packets) => {
+                    for packet in packets {
+                        parser.read_packet(now, packet)?;
+                    }
+                }
                 Err(e) => log::error!("the worker sent a {e}"),
             }
         }
@@ -721,6 +725,32 @@ mod tests {
     #[test]
     fn announcing_packet_is_released_only_after_its_answer() {
         announcing_packet_waits_for_its_answer(Duration::ZERO, "sleeping");
+    }
+
+    /// Packets that come in one datagram are each read, in order: those that announce
+    /// nothing are passed together, the EPRT once its hole is confirmed.
+    #[test]
+    fn packets_sent_together_are_each_read() {
+        let (ends, thread) = start(None);
+        let packets = conversation();
+        let mut datagram = Vec::new();
+        for (id, bytes) in packets.iter().enumerate().take(4) {
+            ToParser {
+                id: id as u64,
+                checksum: Checksum::Verify,
+                bytes,
+            }
+            .append_to(&mut datagram);
+        }
+        send(ends.worker.as_raw_fd(), &datagram, MsgFlags::empty()).unwrap();
+        let request = next_hole_request(&ends);
+        assert!(matches!(request.action, FwAction::Open { .. }));
+        assert_eq!(passes(&ends), [0, 1, 3], "all but the EPRT, in one pass");
+        confirm(&ends, request.id);
+        assert_eq!(passes(&ends), [2], "the EPRT, once its hole is confirmed");
+        end_worker_stream(&ends);
+        drop(ends);
+        let _ = thread.join().unwrap();
     }
 
     /// The same with `--busy-poll`: polling changes when the parser looks, not what it does.
