@@ -97,14 +97,18 @@ impl Logger {
         let prefix = from.map(|p| format!("{}: ", p.name())).unwrap_or_default();
         match self.sink {
             Sink::Stderr => {
-                let _ = writeln!(
-                    std::io::stderr().lock(),
-                    "ftp6proxy[{}]: {}{}: {}",
+                // Formatted first and written with one write(2): stderr is unbuffered, so
+                // `writeln!` on it writes each piece on its own, and anything else writing
+                // to the same descriptor (a child's panic message, the rc script) could
+                // land in the middle of the line.
+                let line = format!(
+                    "ftp6proxy[{}]: {}{}: {}\n",
                     std::process::id(),
                     prefix,
                     level.as_str().to_ascii_lowercase(),
                     text
                 );
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
             }
             Sink::Syslog => {
                 // Interior NULs cannot come from the core (it escapes), but never panic.
