@@ -7,7 +7,7 @@
 //! A request that does not decode never gets here (`messages::Malformed`); one that
 //! decodes but breaks the rules is [`Refused`] here, and logged as such.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,9 @@ pub struct Validator {
     max_ttl: Duration,
     /// Holes opened and not closed since, with their deadlines.
     opened: BTreeMap<Slot, (HoleSpec, Instant)>,
+    /// The same holes by deadline, earliest first: the monitor asks for the next overdue
+    /// one every turn, which must not cost a sort of every open hole.
+    by_deadline: BTreeSet<(Instant, Slot)>,
 }
 
 fn usable(addr: IpAddr) -> bool {
@@ -61,6 +64,7 @@ impl Validator {
             count,
             max_ttl,
             opened: BTreeMap::new(),
+            by_deadline: BTreeSet::new(),
         }
     }
 
@@ -125,11 +129,17 @@ impl Validator {
             FwAction::Open { slot, spec, ttl } | FwAction::Refresh { slot, spec, ttl }
                 if installed =>
             {
-                self.opened.insert(*slot, (*spec, now + *ttl));
+                let deadline = now + *ttl;
+                if let Some((_, old)) = self.opened.insert(*slot, (*spec, deadline)) {
+                    self.by_deadline.remove(&(old, *slot));
+                }
+                self.by_deadline.insert((deadline, *slot));
             }
             FwAction::Close { slot, .. } => {
                 // Even if the firewall refused, forget it: shutdown flushes everything.
-                self.opened.remove(slot);
+                if let Some((_, deadline)) = self.opened.remove(slot) {
+                    self.by_deadline.remove(&(deadline, *slot));
+                }
             }
             _ => {}
         }
@@ -138,30 +148,31 @@ impl Validator {
     /// Holes still open `grace` after their deadline: the parser that should have closed
     /// them is gone (a replaced parser starts with an empty hole table).
     pub fn overdue(&self, now: Instant, grace: Duration) -> Vec<FwAction> {
-        self.open_holes()
-            .into_iter()
-            .filter(|(_, deadline)| *deadline + grace <= now)
+        self.by_deadline_order()
+            .take_while(|(_, deadline)| *deadline + grace <= now)
             .map(|(close, _)| close)
             .collect()
     }
 
     /// When the next hole becomes overdue (see [`Validator::overdue`]).
     pub fn next_overdue(&self, grace: Duration) -> Option<Instant> {
-        self.open_holes()
+        self.by_deadline
             .first()
-            .map(|(_, deadline)| *deadline + grace)
+            .map(|(deadline, _)| *deadline + grace)
     }
 
     /// Holes the monitor believes are open, each with the close it needs and its deadline,
     /// earliest deadline first, for closing them when the worker is gone.
     pub fn open_holes(&self) -> Vec<(FwAction, Instant)> {
-        let mut holes: Vec<(FwAction, Instant)> = self
-            .opened
-            .iter()
-            .map(|(&slot, &(spec, deadline))| (FwAction::Close { slot, spec }, deadline))
-            .collect();
-        holes.sort_by_key(|(_, deadline)| *deadline);
-        holes
+        self.by_deadline_order().collect()
+    }
+
+    /// Each open hole's close and deadline, earliest deadline first.
+    fn by_deadline_order(&self) -> impl Iterator<Item = (FwAction, Instant)> + '_ {
+        self.by_deadline.iter().filter_map(|&(deadline, slot)| {
+            let (spec, _) = self.opened.get(&slot)?;
+            Some((FwAction::Close { slot, spec: *spec }, deadline))
+        })
     }
 }
 
@@ -254,6 +265,54 @@ mod tests {
             Err(Refused::NotOurs(64001)),
             "a busy slot's other hole"
         );
+    }
+
+    /// Holes come out earliest deadline first; a refresh moves its hole, a close removes
+    /// it, and the overdue ones are exactly those past deadline and grace.
+    #[test]
+    fn holes_are_kept_in_deadline_order() {
+        let mut v = Validator::new(64000, 10, Duration::from_secs(2));
+        let with_ttl = |slot: u16, ms: u64| FwAction::Open {
+            slot: Slot(slot),
+            spec: spec6(),
+            ttl: Duration::from_millis(ms),
+        };
+        #[allow(clippy::disallowed_methods)]
+        let t0 = Instant::now();
+        v.applied(&with_ttl(64000, 2000), true);
+        v.applied(&with_ttl(64001, 1000), true);
+        v.applied(&with_ttl(64002, 1500), true);
+        let slots = |v: &Validator| -> Vec<u16> {
+            v.open_holes().iter().map(|(a, _)| a.slot().0).collect()
+        };
+        assert_eq!(slots(&v), [64001, 64002, 64000]);
+        let refresh = FwAction::Refresh {
+            slot: Slot(64000),
+            spec: spec6(),
+            ttl: Duration::from_millis(500),
+        };
+        v.applied(&refresh, true);
+        assert_eq!(slots(&v), [64000, 64001, 64002], "the refresh moved it");
+        assert_eq!(
+            v.next_overdue(Duration::from_millis(100)),
+            v.deadline(Slot(64000))
+                .map(|d| d + Duration::from_millis(100))
+        );
+        let overdue: Vec<u16> = v
+            .overdue(t0 + Duration::from_millis(1200), Duration::from_millis(100))
+            .iter()
+            .map(|a| a.slot().0)
+            .collect();
+        assert_eq!(overdue, [64000, 64001]);
+        v.applied(
+            &FwAction::Close {
+                slot: Slot(64001),
+                spec: spec6(),
+            },
+            true,
+        );
+        assert_eq!(slots(&v), [64000, 64002]);
+        assert_eq!(v.usage().0, 2);
     }
 
     #[test]
