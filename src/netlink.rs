@@ -599,18 +599,9 @@ impl Socket {
     /// same EPERM when binding a queue or a log group.
     pub fn may_configure(&mut self) -> bool {
         let seq = self.next_seq();
-        let mut b = MsgBuilder::new();
-        // NFT_MSG_GETGEN = 16 (nf_tables.h)
-        b.begin(
-            nfnl_type(NFNL_SUBSYS_NFTABLES, 16),
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            0,
-            0,
-        )
-        .end();
         !matches!(
-            self.request(&b.finish(), seq).map_err(|e| e.raw_os_error()),
+            self.request(&build_getgen(seq), seq)
+                .map_err(|e| e.raw_os_error()),
             Err(Some(libc::EPERM))
         )
     }
@@ -662,6 +653,22 @@ impl AsRawFd for RecvOnly {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// An `NFT_MSG_GETGEN` request with `NLM_F_ACK`: read-only (it asks for the ruleset's
+/// generation), answered with the generation and an acknowledgement.
+pub fn build_getgen(seq: u32) -> Vec<u8> {
+    let mut b = MsgBuilder::new();
+    // NFT_MSG_GETGEN = 16 (nf_tables.h)
+    b.begin(
+        nfnl_type(NFNL_SUBSYS_NFTABLES, 16),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        0,
+        0,
+    )
+    .end();
+    b.finish()
 }
 
 /// Received datagrams, read a message at a time: the receive side that the NFQUEUE

@@ -365,23 +365,12 @@ fn packets_passed_unseen_at_a_full_socket_are_counted_from_their_ids() {
 /// each, sent before `sendto` returns).
 #[test]
 fn several_datagrams_are_read_with_one_call() {
-    use ftp6proxy::netlink::{nfnl_type, MsgBuilder, Socket, NFNL_SUBSYS_NFTABLES};
-    use ftp6proxy::netlink::{NLM_F_ACK, NLM_F_REQUEST};
+    use ftp6proxy::netlink::{build_getgen, Socket};
     let (_ns, _queue) = setup();
     let mut sock = Socket::open().unwrap();
     for _ in 0..3 {
         let seq = sock.next_seq();
-        let mut b = MsgBuilder::new();
-        // NFT_MSG_GETGEN = 16 (nf_tables.h)
-        b.begin(
-            nfnl_type(NFNL_SUBSYS_NFTABLES, 16),
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            0,
-            0,
-        )
-        .end();
-        sock.send(&b.finish()).unwrap();
+        sock.send(&build_getgen(seq)).unwrap();
     }
     let mut bufs = vec![vec![0u8; 4096]; 4];
     let mut lens = vec![0usize; 4];
